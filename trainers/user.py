@@ -1,0 +1,201 @@
+"""One PEFT per user (the paper's second stage): each user's adapter trained on that user's history, on top
+of the task-adapted base, over many users with skip/resume/update semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, set_seed
+from trl import SFTTrainer
+
+from oppu_hub.adapters import AdapterRecord, is_complete
+from oppu_hub.data import load_task_split
+from oppu_hub.io import atomic_dir, remove_stale_temps, safe_name, write_json
+from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
+from oppu_hub.profiles import ProfileStore
+from oppu_hub.prompts import PromptBuilder, history_examples
+from oppu_hub.tasks import get_task
+
+from .common import PeftOptions, TrainingConfig, final_loss, last_checkpoint, set_threads, sft_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UserAdapterConfig(TrainingConfig, PeftOptions):
+    """Per-user adapter training (``oppu-hub train-users``).
+
+    Args:
+        base_dir: the task-adapted base (``oppu-hub train-base`` output) the adapters sit on.
+        split: whose users: ``test`` (default, as the paper), ``dev`` (for tuning) or ``train``.
+        users: train only these user ids (default: every user of the split).
+        max_users: train only the first N users of the split.
+        output_dir: adapters go to ``{output_dir}/{task}/{variant}-{peft}/{user}``.
+        update: continue an existing adapter on history items newer than the last one it saw.
+        push_to: push each finished adapter to this store (``hub:NAMESPACE`` or a local store folder).
+        max_history: train on at most the N most recent history items of a user.
+    """
+
+    base_dir: str = field(default="runs/base/LaMP-2N/k0", metadata={"help": "task-adapted base folder"})
+    split: str = field(default="test", metadata={"help": "users of this split: test | dev | train"})
+    users: list[str] | None = field(default=None, metadata={"help": "only these user ids"})
+    max_users: int | None = field(default=None, metadata={"help": "only the first N users"})
+    output_dir: str = field(default="runs/users", metadata={"help": "root folder of user adapters"})
+    update: bool = field(default=False, metadata={"help": "continue adapters on newer history items"})
+    push_to: str | None = field(default=None, metadata={"help": "store to push adapters to (hub:NS or folder)"})
+    max_history: int | None = field(default=None, metadata={"help": "most recent N history items per user"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
+
+    def adapters_dir(self) -> Path:
+        return Path(self.output_dir) / get_task(self.task).name / f"{self.variant}-{self.peft_type.lower()}"
+
+
+class UserAdapterTrainer(SFTTrainer):
+    """``SFTTrainer`` for one user's adapter; saves a standard PEFT folder plus ``oppu.json`` atomically.
+    Per-step log printing is off: a multi-user run shows one progress bar over users instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)
+
+    def save_adapter(self, folder: str | Path, record: AdapterRecord, *, overwrite: bool = False) -> Path:
+        with atomic_dir(folder, overwrite=overwrite, mode=0o700) as tmp:
+            self.model.save_pretrained(tmp)
+            record.save(tmp)
+        return Path(folder)
+
+
+@dataclass
+class UserRunReport:
+    """What a ``train_users`` run did, per user."""
+
+    trained: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def newer_items(history: Sequence[Mapping[str, Any]], record: AdapterRecord) -> list[dict[str, Any]]:
+    """History items after the last one an adapter was trained on (by date when known, else by id order)."""
+    items = [dict(i) for i in history]
+    if record.last_item_date:
+        return [i for i in items if str(i.get("date", "")) > record.last_item_date]
+    ids = [str(i["id"]) for i in items]
+    return items[ids.index(record.last_item_id) + 1:] if record.last_item_id in ids else []
+
+
+def user_dataset(config: UserAdapterConfig, builder: PromptBuilder, history: Sequence[Mapping[str, Any]],
+                 profile: str | None) -> Dataset:
+    """A user's training rows: prompt/completion pairs, or plain text for next-token pretraining."""
+    rows = history_examples(builder, history, config.k, profile)
+    if not rows:
+        raise ValueError("the user has no history to train on")
+    return Dataset.from_list(rows)
+
+
+def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_fingerprint: str, user_id: str,
+               history: Sequence[Mapping[str, Any]], folder: Path, profile: str | None = None) -> str:
+    """Train (or, with ``update``, continue) one user's adapter into ``folder``; returns what was done.
+
+    ``model`` is the shared base; it is left exactly as it came (adapters are unloaded afterwards).
+    """
+    history = list(history)[-config.max_history:] if config.max_history else list(history)
+    record = AdapterRecord.from_folder(folder) if is_complete(folder) else None
+    if record is not None and not config.update:
+        return "skipped"
+    items = newer_items(history, record) if record is not None else history
+    if not items:
+        return "skipped"
+    builder = PromptBuilder(get_task(config.task), tokenizer, config.max_prompt_length)
+    # Retrieval inside a training prompt sees the whole (time-ordered) history before each item.
+    rows = user_dataset(config, builder, history, profile)
+    dataset = rows.select(range(len(history) - len(items), len(history)))
+    set_seed(config.seed)
+    if record is not None:
+        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    else:
+        peft_model = get_peft_model(model, config.peft_config())
+    work_dir = folder.parent / f".{folder.name}.work"
+    try:
+        trainer = UserAdapterTrainer(
+            model=peft_model, args=sft_config(config, work_dir, disable_tqdm=True, logging_steps=1),
+            train_dataset=dataset, processing_class=tokenizer)
+        trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
+        last = items[-1]
+        new_record = AdapterRecord(
+            user_id=user_id, task=get_task(config.task).name, base_model=config.base_dir,
+            base_fingerprint=base_fingerprint, peft_type=config.peft_type, k=config.k, profile=config.profile,
+            num_history_items=len(items) + (record.num_history_items if record else 0),
+            last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
+            train_loss=final_loss(trainer.state.log_history),
+            training={k: v for k, v in dataclasses.asdict(config).items() if k not in ("users", "push_to")},
+        )
+        trainer.save_adapter(folder, new_record, overwrite=record is not None)
+    finally:
+        _unload(peft_model)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return "updated" if record is not None else "trained"
+
+
+def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] | None = None
+                ) -> UserRunReport:
+    """Train the adapters of many users on one base loaded once: a progress bar with ETA; finished users
+    are skipped; an interrupted user resumes from its last epoch checkpoint; a failing user is recorded in
+    ``run.json`` and does not stop the others. ``on_done(user, folder)`` runs after each new adapter."""
+    set_threads()
+    task = get_task(config.task)
+    split = load_task_split(config.data_dir, task, config.split)
+    users = split.select_users(config.users, config.max_users)
+    model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
+    fingerprint = model_fingerprint(model)
+    profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
+    out = config.adapters_dir()
+    remove_stale_temps(out)
+    if on_done is None and config.push_to:
+        on_done = _pusher(config.push_to)
+    report = UserRunReport()
+    datasets.disable_progress_bars()
+    bar = tqdm(users, desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}", unit="user")
+    for user_id in bar:
+        bar.set_postfix_str(user_id[:24])
+        folder = out / safe_name(user_id)
+        start = time.perf_counter()
+        try:
+            profile = profiles.get(user_id) if profiles else None
+            outcome = train_user(config, model, tokenizer, fingerprint, user_id, split.user_history(user_id),
+                                 folder, profile)
+            getattr(report, outcome).append(user_id)
+            if outcome != "skipped" and on_done is not None:
+                on_done(user_id, folder)
+        except Exception as e:  # one user's failure must not stop the others
+            logger.warning("user %s failed: %s", user_id, e)
+            report.failed[user_id] = f"{type(e).__name__}: {e}"
+        report.seconds[user_id] = round(time.perf_counter() - start, 2)
+        write_json(out / "run.json", dataclasses.asdict(report))
+    datasets.enable_progress_bars()
+    return report
+
+
+def _unload(peft_model: Any) -> None:
+    """Remove injected adapter layers so the shared base is clean for the next user."""
+    if hasattr(peft_model.base_model, "unload") and not peft_model.peft_config["default"].is_prompt_learning:
+        peft_model.base_model.unload()
+
+
+def _pusher(spec: str) -> Callable[[str, Path], None]:
+    from oppu_hub.store import open_store, push_adapter
+
+    store = open_store(spec)
+    return lambda user_id, folder: push_adapter(folder, store)

@@ -1,0 +1,277 @@
+"""Rebuild LaMP-format tasks from public raw sources (``oppu-hub data build``).
+
+One reader per source (:mod:`.news` LaMP-2N/LaMP-4, :mod:`.reviews` LaMP-3, :mod:`.movies` LaMP-2M,
+:mod:`.papers` LaMP-5, :mod:`.citations` LaMP-1, :mod:`.tweets` LaMP-7, weak) yields per-user items; the shared
+time-based user split is :mod:`.split`. Each task is written atomically to ``{out_dir}/{task}/`` as
+``{split}_questions.json`` + ``{split}_outputs.json`` (official LaMP shape, via :func:`oppu_hub.data.write_split`)
+and ``manifest.json`` (sources with hashes, config, counts, drops, content hash). A rebuild with the same
+recipe (config, source hashes, builder version) leaves the folder untouched ("up to date"); any other
+existing folder is only replaced with ``force=True``. See ``builders/README.md`` for the task recipes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..io import TargetExistsError, atomic_dir, read_json, write_json
+from ..tasks import Task, get_task
+from . import citations, movies, news, papers, reviews, tweets
+from .base import SourceData, SourceError, sha256_file
+from .split import (
+    SPLIT_ORDER,
+    assign_users,
+    content_hash,
+    make_questions,
+    split_stats,
+    timelines,
+    write_task_files,
+)
+
+__all__ = ["BUILDER_VERSION", "TASK_SOURCES", "BuildConfig", "SourceError", "TargetExistsError",
+           "available_tasks", "build", "build_task", "format_summary"]
+
+BUILDER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """How one task is built: the source files it reads (relative to ``source_dir``) and its reader."""
+
+    files: Callable[[Path], list[str]]
+    load: Callable[[Path, int], SourceData]
+
+
+def _fixed(*rels: str) -> Callable[[Path], list[str]]:
+    def files(source_dir: Path) -> list[str]:
+        for rel in rels:
+            if not (source_dir / rel).is_file():
+                raise SourceError(f"{source_dir / rel}: source file not found")
+        return list(rels)
+
+    return files
+
+
+TASK_SOURCES: dict[str, TaskSource] = {
+    "LaMP-1": TaskSource(_fixed(citations.METADATA_FILE, citations.CITATIONS_FILE), citations.load_citations),
+    "LaMP-2N": TaskSource(_fixed(news.NEWS_FILE), news.load_categories),
+    "LaMP-2M": TaskSource(lambda d: _fixed(movies.TAGS_FILE, movies.LINKS_FILE)(d) + movies.tmdb_files(d),
+                          movies.load_movies),
+    "LaMP-3": TaskSource(_fixed(reviews.REVIEWS_FILE), reviews.load_reviews),
+    "LaMP-4": TaskSource(_fixed(news.NEWS_FILE), news.load_headlines),
+    "LaMP-5": TaskSource(_fixed(papers.PAPERS_FILE), papers.load_papers),
+    "LaMP-7": TaskSource(_fixed(tweets.TWEETS_FILE), tweets.load_tweets),
+}
+
+
+@dataclass
+class BuildConfig:
+    """What to build and how.
+
+    Args:
+        source_dir: folder holding the raw sources (``news_category/``, ``paperlists/``...); a folder whose
+            ``raw/`` subfolder holds them (e.g. ``../shared/data``) works too.
+        out_dir: where task folders ``{out_dir}/{task}/`` are written.
+        tasks: task names to build; ``None`` builds every task whose source files exist and skips the others
+            with a note. An explicitly named task whose source is missing is an error.
+        test_users: how many of the most active users (longest history before their first query) form test;
+            the paper uses 100.
+        dev_users: dev users drawn with the seed from the non-test users: a count (>= 1) or a fraction of them
+            (< 1). At least one train user is always kept when two or more users remain.
+        queries_per_user: each user's latest N possible queries become questions (LaMP: 1).
+        min_history: a query needs at least this many earlier items of its user (>= 1).
+        max_history: cap on profile length (the most recent items are kept); ``None`` keeps all.
+        max_test_fraction: test never takes more than this fraction of the users (thin sources keep train
+            users); 1.0 lets ``test_users`` alone decide.
+        seed: seeds the dev draw and LaMP-1's reference choice and option order.
+        force: replace an existing task folder built with another config/sources (or not by this builder).
+    """
+
+    source_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_SOURCE", "../shared/data"),
+                            metadata={"help": "raw source data (default $OPPU_HUB_SOURCE or ../shared/data)"})
+    out_dir: str = field(default="data", metadata={"help": "where {task}/{split}_*.json go"})
+    tasks: list[str] | None = field(default=None, metadata={"help": "tasks to build (default: all available)"})
+    test_users: int = field(default=100, metadata={"help": "most active users that form the test split"})
+    dev_users: float = field(default=0.1, metadata={"help": "dev users: a count (>= 1) or a fraction (< 1)"})
+    queries_per_user: int = field(default=1, metadata={"help": "latest items per user that become queries"})
+    min_history: int = field(default=5, metadata={"help": "history items a query needs at least"})
+    max_history: int | None = field(default=None, metadata={"help": "keep at most the N most recent items"})
+    max_test_fraction: float = field(default=0.5, metadata={"help": "test takes at most this share of users"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    force: bool = field(default=False, metadata={"help": "replace task folders built with another config"})
+    _names: tuple[str, ...] = field(init=False, repr=False, default=())
+
+    def __post_init__(self) -> None:
+        self.source_dir, self.out_dir = Path(self.source_dir), Path(self.out_dir)
+        if not self.source_dir.is_dir():
+            raise SourceError(f"{self.source_dir}: source folder not found")
+        if (self.source_dir / "raw").is_dir() and not any(
+                (self.source_dir / rel.split("/")[0]).is_dir() for rel in _all_files()):
+            self.source_dir = self.source_dir / "raw"
+        if self.tasks is not None:
+            if isinstance(self.tasks, str):
+                self.tasks = [self.tasks]
+            self._names = tuple(dict.fromkeys(get_task(t).name for t in self.tasks))
+        checks = {
+            "test_users >= 0": self.test_users >= 0,
+            "queries_per_user >= 1": self.queries_per_user >= 1,
+            "min_history >= 1": self.min_history >= 1,
+            "max_history is None or >= min_history": self.max_history is None
+            or self.max_history >= self.min_history,
+            "0 < max_test_fraction <= 1": 0 < self.max_test_fraction <= 1,
+            "dev_users is a count >= 1 or a fraction in [0, 1)": self.dev_users >= 0
+            and (self.dev_users < 1 or float(self.dev_users).is_integer()),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid BuildConfig: need {', '.join(bad)}")
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings that determine a task's output (recorded in, and compared with, the manifest)."""
+        keep = ("test_users", "dev_users", "queries_per_user", "min_history", "max_history",
+                "max_test_fraction", "seed")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def _all_files() -> list[str]:
+    return [news.NEWS_FILE, reviews.REVIEWS_FILE, movies.TAGS_FILE, papers.PAPERS_FILE,
+            citations.METADATA_FILE, tweets.TWEETS_FILE]
+
+
+def available_tasks(source_dir: str | Path) -> dict[str, str | None]:
+    """``{task: None}`` for tasks whose sources exist, ``{task: reason}`` for the others."""
+    out: dict[str, str | None] = {}
+    for name, spec in TASK_SOURCES.items():
+        try:
+            spec.files(Path(source_dir))
+            out[name] = None
+        except SourceError as e:
+            out[name] = str(e)
+    return out
+
+
+def build(config: BuildConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Build the configured tasks; return ``{task: manifest}``.
+
+    Each returned manifest is the written ``manifest.json`` plus ``status`` ("built", "rebuilt" (forced) or
+    "up to date"); skipped tasks appear as ``{"task", "status": "skipped", "reason"}``.
+    """
+    names = config._names or tuple(TASK_SOURCES)
+    hashes: dict[Path, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(names, desc="data build", unit="task", disable=not progress, file=sys.stderr)
+    for name in bar:
+        bar.set_postfix_str(name)
+        try:
+            rels = TASK_SOURCES[name].files(config.source_dir)
+        except SourceError as e:
+            if config._names:
+                raise SourceError(f"{name}: {e}") from None
+            results[name] = {"task": name, "status": "skipped", "reason": str(e)}
+            _say(progress, f"{name}: skipped ({e})")
+            continue
+        _say(progress, f"{name}: building from {', '.join(rels)} ...")
+        results[name] = build_task(get_task(name), config, rels, hashes)
+        _say(progress, f"{name}: {results[name]['status']}")
+    return results
+
+
+def build_task(task: Task, config: BuildConfig, rels: list[str],
+               hash_cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build one task folder (or confirm it is up to date); see :func:`build`."""
+    cache = {} if hash_cache is None else hash_cache
+    sources = []
+    for rel in rels:
+        path = Path(config.source_dir) / rel
+        if path not in cache:
+            cache[path] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        sources.append({"file": rel, **cache[path]})
+    recipe = {"builder_version": BUILDER_VERSION, "config": config.recipe(), "sources": sources}
+    folder = Path(config.out_dir) / task.name
+    status = "built"
+    if folder.exists():
+        problem = _difference(folder, recipe)
+        if problem is None:
+            return {**read_json(folder / "manifest.json"), "status": "up to date"}
+        if not config.force:
+            raise TargetExistsError(f"{folder} exists and {problem}; pass force=True (--force) to replace it")
+        status = "rebuilt"
+
+    data = TASK_SOURCES[task.name].load(Path(config.source_dir), config.seed)
+    dropped: Counter[str] = Counter(data.dropped)
+    users = timelines(data, config.queries_per_user, config.min_history, dropped)
+    assignment = assign_users(users, test_users=config.test_users, dev_users=config.dev_users,
+                              max_test_fraction=config.max_test_fraction, seed=config.seed, task=task.name)
+    questions = make_questions(task, users, assignment, min_history=config.min_history,
+                               max_history=config.max_history, dropped=dropped)
+    with atomic_dir(folder, overwrite=True) as tmp:
+        files = write_task_files(task, questions, tmp)
+        manifest = {
+            "task": task.name,
+            "lamp_name": task.lamp_name,
+            **recipe,
+            "source_users": len(data.users),
+            "source_items": len({id(i) for items in data.users.values() for i in items}),
+            "eligible_users": len(users),
+            "counts": {split: split_stats(questions[split]) for split in SPLIT_ORDER},
+            "dropped": dict(sorted(dropped.items())),
+            "notes": data.notes,
+            "files": files,
+            "content_sha256": content_hash(files),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return {**manifest, "status": status}
+
+
+def _difference(folder: Path, recipe: dict[str, Any]) -> str | None:
+    """``None`` when ``folder`` holds an intact build of ``recipe``, else what differs."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return "has no manifest.json (not written by this builder)"
+    try:
+        old = read_json(path)
+    except ValueError as e:
+        return f"its manifest is unreadable ({e})"
+    for key in ("builder_version", "config", "sources"):
+        if old.get(key) != recipe[key]:
+            if key == "config":
+                diff = {k: (old.get("config", {}).get(k), v) for k, v in recipe["config"].items()
+                        if old.get("config", {}).get(k) != v}
+                return f"was built with another config (old, new: {diff})"
+            return f"was built with other {'sources' if key == 'sources' else 'builder version'}"
+    files = old.get("files") or {}
+    for name, digest in files.items():
+        p = folder / name
+        if not p.is_file() or sha256_file(p) != digest:
+            return f"its {name} was changed or removed since the build"
+    if not files or content_hash(files) != old.get("content_sha256"):
+        return "its manifest's content hash does not match"
+    return None
+
+
+def format_summary(manifests: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table: task, split, users, queries, mean/min/max history length, status."""
+    head = f"{'task':<8} {'split':<6} {'users':>6} {'queries':>8} {'hist mean':>10} {'min-max':>9}  status"
+    lines = [head, "-" * len(head)]
+    for name, m in manifests.items():
+        if m.get("status") == "skipped":
+            lines.append(f"{name:<8} {'-':<6} {'':>6} {'':>8} {'':>10} {'':>9}  skipped: {m.get('reason', '')}")
+            continue
+        for split in ("train", "dev", "test"):
+            c = m["counts"][split]
+            span = f"{c['history_min']}-{c['history_max']}"
+            lines.append(f"{name:<8} {split:<6} {c['users']:>6} {c['queries']:>8} {c['history_mean']:>10.1f} "
+                         f"{span:>9}  {m.get('status', '') if split == 'train' else ''}".rstrip())
+    return "\n".join(lines)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message, file=sys.stderr)

@@ -60,11 +60,12 @@ def make_lamp2n(folder: Path, users_per_split: dict[str, int] | None = None, his
     users_per_split = users_per_split or {"train": 6, "dev": 2, "test": 3}
     words = ["harbor", "quantum", "violin", "glacier", "saffron", "tundra", "marble", "cobalt", "falcon", "meadow",
              "ember", "canyon", "lantern", "orchid", "pebble", "willow"]
+    labels = [c for c in NEWS_CATEGORIES if " " not in c]  # one-word labels: quick to learn for a tiny model
     n = 0
     for split, count in users_per_split.items():
         questions = []
         for _ in range(count):
-            user, word, label = f"u{n}", words[n % len(words)], NEWS_CATEGORIES[n % len(NEWS_CATEGORIES)]
+            user, word, label = f"u{n}", words[n % len(words)], labels[n % len(labels)]
             items = [{"id": f"{user}-{j}", "text": f"{word} story number {j} about the {word} of day {j}",
                       "title": f"{word} {j}", "category": label, "date": f"2020-01-{j + 1:02d}"}
                      for j in range(history + 1)]

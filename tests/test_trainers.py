@@ -1,0 +1,225 @@
+"""The OPPU trainers on a tiny random Llama: loss masks, memorisation, reload, PEFT types, resume, update."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import make_lamp2n
+from oppu_hub.adapters import AdapterRecord, is_complete
+from oppu_hub.inference import PredictConfig, predict
+from oppu_hub.models import model_fingerprint
+from trainers import BaseTaskConfig, UserAdapterConfig, UserAdapterTrainer, train_base, train_users
+from trainers.base import read_base_record
+from trainers.common import sft_config
+
+FAST = dict(task="LaMP-2N", per_device_train_batch_size=3, logging_steps=1, precision="fp32")
+LEARN = dict(FAST, learning_rate=0.02, num_train_epochs=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+
+
+def user_config(data, base, out, **kw):
+    return UserAdapterConfig(**{**LEARN, "data_dir": str(data), "base_dir": str(base), "output_dir": str(out), **kw})
+
+
+def logits(model, tokenizer, text="article: harbor story category:"):
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_lamp2n(tmp_path_factory.mktemp("data"), {"train": 4, "dev": 1, "test": 3})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data, tiny_base):
+    """LoRA adapters of the three test users, trained once for the module."""
+    out = tmp_path_factory.mktemp("users")
+    config = user_config(data, tiny_base, out)
+    report = train_users(config)
+    assert report.trained == ["u5", "u6", "u7"] and not report.failed
+    return config
+
+
+def test_answer_only_mask_and_all_token_mask(tiny_base, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    args = sft_config(UserAdapterConfig(**FAST), tmp_path, save_strategy="no")
+    pairs = Dataset.from_list([{"prompt": "article: a b c category:", "completion": " politics"}])
+    batch = next(iter(UserAdapterTrainer(model=model, args=args, train_dataset=pairs,
+                                         processing_class=tok).get_train_dataloader()))
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    n_prompt = len(tok("article: a b c category:").input_ids)
+    assert (labels[:n_prompt] == -100).all()
+    assert tok.decode(labels[n_prompt:]) == " politics" + tok.eos_token  # answer then EOS, nothing else
+    text = Dataset.from_list([{"text": "a tweet about flying"}])
+    batch = next(iter(UserAdapterTrainer(model=model, args=args, train_dataset=text,
+                                         processing_class=tok).get_train_dataloader()))
+    assert torch.equal(batch["labels"][0], batch["input_ids"][0])  # next-token pretraining: every token
+    assert tok.decode(batch["input_ids"][0]) == "a tweet about flying" + tok.eos_token
+
+
+def test_user_adapter_learns_the_users_labels(data, tiny_base, trained):
+    before, _, base_scores = predict(PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base)))
+    after, path, scores = predict(PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base),
+                                                adapters_dir=str(trained.adapters_dir())))
+    assert base_scores["accuracy"] == 0.0
+    assert scores["accuracy"] == 1.0, after  # each user always picked one category; the adapter learned it
+    assert json.loads(path.read_text())["task"] == "LaMP_2"
+    for folder in trained.adapters_dir().iterdir():
+        if folder.is_dir():
+            log = AdapterRecord.from_folder(folder)
+            assert log.train_loss is not None and log.num_history_items == 6 and log.last_item_id.endswith("-5")
+
+
+def test_saved_adapter_reloads_to_identical_logits(data, tiny_base, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    config = user_config(data, tiny_base, tmp_path, users=["u5"], num_train_epochs=2)
+    captured = {}
+    orig = UserAdapterTrainer.save_adapter
+
+    def spy(self, folder, record, **kw):
+        self.model.eval()
+        captured["logits"] = logits(self.model, tok)
+        return orig(self, folder, record, **kw)
+
+    UserAdapterTrainer.save_adapter = spy
+    try:
+        train_users(config)
+    finally:
+        UserAdapterTrainer.save_adapter = orig
+    folder = config.adapters_dir() / "u5"
+    reloaded = PeftModel.from_pretrained(base, folder).eval()
+    assert torch.allclose(logits(reloaded, tok), captured["logits"], atol=1e-6)
+    assert not torch.allclose(logits(AutoModelForCausalLM.from_pretrained(tiny_base), tok), captured["logits"])
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize(("peft_type", "lr"), [("LORA", 0.02), ("IA3", 0.3), ("PROMPT_TUNING", 0.3)])
+def test_each_peft_type_trains_and_reloads(data, tiny_base, tmp_path, peft_type, lr):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    config = user_config(data, tiny_base, tmp_path, users=["u6"], peft_type=peft_type, learning_rate=lr,
+                         num_train_epochs=6, per_device_train_batch_size=6, target_modules=["q_proj", "v_proj"])
+    history = []
+    orig = UserAdapterTrainer.save_adapter
+
+    def spy(self, folder, record, **kw):
+        history.extend(e["loss"] for e in self.state.log_history if "loss" in e)
+        self.model.eval()
+        history.append(logits(self.model, tok))
+        return orig(self, folder, record, **kw)
+
+    UserAdapterTrainer.save_adapter = spy
+    try:
+        assert train_users(config).trained == ["u6"]
+    finally:
+        UserAdapterTrainer.save_adapter = orig
+    *losses, trained_logits = history
+    assert losses[-1] < losses[0]
+    folder = config.adapters_dir() / "u6"
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == peft_type
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), folder).eval()
+    assert torch.allclose(logits(reloaded, tok), trained_logits, atol=1e-5)
+
+
+def test_interrupted_run_resumes_without_training_anyone_twice(data, tiny_base, tmp_path, monkeypatch):
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2)
+    trained_users = []
+
+    def stop_after_first(user, folder):
+        trained_users.append(user)
+        raise KeyboardInterrupt  # the process is killed right after the first user finished
+
+    with pytest.raises(KeyboardInterrupt):
+        train_users(config, on_done=stop_after_first)
+    out = config.adapters_dir()
+    assert is_complete(out / "u5") and not (out / "u6").exists()
+    # A second interruption, inside u6's second epoch, after its first epoch checkpoint was written.
+    calls = {"n": 0}
+    orig_save = UserAdapterTrainer._save_checkpoint
+
+    def crash_on_second_checkpoint(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return orig_save(self, *a, **kw)
+
+    monkeypatch.setattr(UserAdapterTrainer, "_save_checkpoint", crash_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_users(config, on_done=lambda u, f: trained_users.append(u))
+    monkeypatch.setattr(UserAdapterTrainer, "_save_checkpoint", orig_save)
+    assert not (out / "u6").exists() and (out / ".u6.work").is_dir()  # no partial adapter, a checkpoint kept
+    resumed = []
+    orig_train = UserAdapterTrainer.train
+    monkeypatch.setattr(UserAdapterTrainer, "train",
+                        lambda self, resume_from_checkpoint=None: resumed.append(resume_from_checkpoint)
+                        or orig_train(self, resume_from_checkpoint=resume_from_checkpoint))
+    report = train_users(config, on_done=lambda u, f: trained_users.append(u))
+    assert report.skipped == ["u5"] and report.trained == ["u6", "u7"]
+    assert resumed[0] is not None and "checkpoint-" in resumed[0] and resumed[1] is None
+    assert trained_users == ["u5", "u6", "u7"]  # nobody finished twice
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "u5", "u6", "u7"]  # no temp or work folders
+
+
+def test_update_continues_on_newer_items_only(tmp_path, tiny_base):
+    small = make_lamp2n(tmp_path / "small", {"test": 1}, history=4)
+    config = user_config(small, tiny_base, tmp_path / "out", num_train_epochs=1)
+    train_users(config)
+    folder = config.adapters_dir() / "u0"
+    first = AdapterRecord.from_folder(folder)
+    assert train_users(config).skipped == ["u0"]
+    grown = make_lamp2n(tmp_path / "grown", {"test": 1}, history=7)
+    seen = []
+    orig = UserAdapterTrainer.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(len(kw["train_dataset"]))
+        orig(self, *a, **kw)
+
+    UserAdapterTrainer.__init__ = spy
+    try:
+        report = train_users(user_config(grown, tiny_base, tmp_path / "out", num_train_epochs=1, update=True))
+    finally:
+        UserAdapterTrainer.__init__ = orig
+    assert report.updated == ["u0"] and seen == [3]  # items 4, 5, 6 are new
+    second = AdapterRecord.from_folder(folder)
+    assert (first.num_history_items, second.num_history_items) == (4, 7)
+    assert (first.last_item_id, second.last_item_id) == ("u0-3", "u0-6")
+    again = train_users(user_config(grown, tiny_base, tmp_path / "out", num_train_epochs=1, update=True))
+    assert again.skipped == ["u0"]
+
+
+def test_one_failing_user_does_not_stop_the_others(data, tiny_base, tmp_path):
+    from oppu_hub.profiles import ProfileStore
+
+    ProfileStore(tmp_path / "profiles", "LaMP-2N").put("u6", "likes ports and ships", {})
+    config = user_config(data, tiny_base, tmp_path / "out", profile=True, profiles_dir=str(tmp_path / "profiles"),
+                         num_train_epochs=1)
+    report = train_users(config)
+    assert report.trained == ["u6"] and set(report.failed) == {"u5", "u7"}
+    assert "no profile for user 'u5'" in report.failed["u5"]
+    assert json.loads((config.adapters_dir() / "run.json").read_text())["failed"].keys() == {"u5", "u7"}
+    with pytest.raises(KeyError, match="user 'ghost' is not in LaMP-2N"):
+        train_users(user_config(data, tiny_base, tmp_path / "x", users=["ghost"]))
+
+
+def test_base_task_adaptation_merges_and_records(data, tiny_base, tmp_path):
+    config = BaseTaskConfig(**{**FAST, "data_dir": str(data), "base_model": str(tiny_base),
+                               "output_dir": str(tmp_path), "k": 1, "num_train_epochs": 1, "learning_rate": 0.01})
+    folder = train_base(config)
+    assert folder == tmp_path / "LaMP-2N" / "k1"
+    record = read_base_record(folder)
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    assert record["fingerprint"] == model_fingerprint(merged)
+    assert record["base_fingerprint"] == model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_base))
+    assert record["fingerprint"] != record["base_fingerprint"]
+    assert record["num_examples"] == 4 * 7 and record["k"] == 1 and record["train_loss"] > 0
+    assert not any(n.startswith("lora") for n, _ in merged.named_parameters())  # a plain merged model
+    mtime = (folder / "model.safetensors").stat().st_mtime
+    assert train_base(config) == folder and (folder / "model.safetensors").stat().st_mtime == mtime  # reused
+    shutil.rmtree(folder)

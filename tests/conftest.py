@@ -79,3 +79,25 @@ def make_lamp2n(folder: Path, users_per_split: dict[str, int] | None = None, his
 @pytest.fixture(scope="session")
 def lamp2n_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_lamp2n(tmp_path_factory.mktemp("lamp-data"))
+
+
+def make_random_adapter(base_dir: Path, folder: Path, *, seed: int = 1, user_id: str = "u1", task: str = "LaMP-2N",
+                        **record: object) -> Path:
+    """A LoRA adapter with random (non-zero) B weights, so it changes the logits, plus its oppu.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from oppu_hub.adapters import AdapterRecord
+    from oppu_hub.models import model_fingerprint
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    fingerprint = model_fingerprint(base)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)  # peft writes its own card; the store writes ours
+    AdapterRecord(user_id=user_id, task=task, base_model=str(base_dir), base_fingerprint=fingerprint,
+                  **record).save(folder)
+    return folder

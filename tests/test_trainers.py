@@ -52,7 +52,7 @@ def test_answer_only_mask_and_all_token_mask(tiny_base, tmp_path):
     pairs = Dataset.from_list([{"prompt": "article: a b c category:", "completion": " politics"}])
     batch = next(iter(UserAdapterTrainer(model=model, args=args, train_dataset=pairs,
                                          processing_class=tok).get_train_dataloader()))
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    labels = batch["labels"][0]
     n_prompt = len(tok("article: a b c category:").input_ids)
     assert (labels[:n_prompt] == -100).all()
     assert tok.decode(labels[n_prompt:]) == " politics" + tok.eos_token  # answer then EOS, nothing else

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 from .. import __version__
 
 # Modules of this package that define ``register(subparsers)``.
-COMMAND_MODULES = ("data", "train", "predict")
+COMMAND_MODULES = ("data", "train", "predict", "hub", "demo")
 
 T = TypeVar("T")
 

@@ -1,0 +1,567 @@
+"""Where per-user adapters live: one interface, two stores.
+
+* :class:`HubStore` - the Hugging Face Hub (or any Hub-API endpoint) through ``huggingface_hub.HfApi``: one
+  private model repo per user and task, ``{namespace}/oppu-{task}-{user}``; each push is one commit holding
+  the PEFT files, ``oppu.json`` and the model card.
+* :class:`LocalStore` - the embedded default: a folder with the same layout, ``{root}/{namespace}/{repo}/``,
+  the same files and card; each push is atomic and a new revision, older ones stay readable.
+
+:func:`open_store` picks one from a spec (``hub:NAMESPACE``, ``hf://NAMESPACE`` or a folder),
+:func:`push_adapter` pushes a finished adapter folder and :func:`load_user_adapter` loads one onto a base,
+refusing an adapter trained on another base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .adapters import PEFT_FILES, RECORD_FILE, AdapterNotFoundError, AdapterRecord, check_base, is_complete
+from .cards import (
+    USER_TAG_PREFIX,
+    adapter_card,
+    hash_user_ids_default,
+    slug,
+    task_tag,
+    user_label,
+    user_tag,
+)
+from .io import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+STORE_ENV = "OPPU_HUB_STORE"
+NAMESPACE_ENV = "OPPU_HUB_NAMESPACE"
+DEFAULT_LOCAL_NAMESPACE = "local"
+README = "README.md"
+HISTORY_DIR = ".history"
+LOG_FILE = "log.jsonl"
+_REPO_PART = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed (base class of the errors below)."""
+
+
+class StoreAuthError(StoreError):
+    """No token, a rejected token, or no permission (HTTP 401/403)."""
+
+
+class StoreNamespaceError(StoreAuthError):
+    """The target namespace (and so the repo) belongs to someone else."""
+
+
+class StoreConnectionError(StoreError):
+    """The store could not be reached."""
+
+
+class StoreUploadError(StoreConnectionError):
+    """A push failed part-way (network failure, server error): nothing local changed; push again to retry."""
+
+
+class AdapterRepoNotFoundError(StoreError):
+    """No such adapter repo or revision (or it is private and the token may not read it)."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The outcome of a push: the repo, the revision now at its head and where it lives."""
+
+    repo_id: str
+    revision: str
+    url: str
+    new_revision: bool = True
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter repo as listed by a store."""
+
+    repo_id: str
+    task: str | None = None
+    user: str | None = None
+    peft_type: str | None = None
+    private: bool | None = None
+    revision: str | None = None
+    last_modified: str | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def repo_name(task: str, label: str) -> str:
+    """``oppu-{task}-{user}``, a valid Hub repo name (<= 96 characters)."""
+    return f"oppu-{task_tag(task)}-{slug(label, max_len=96 - 6 - len(task_tag(task)))}"
+
+
+def _ref_from_tags(repo_id: str, tags: list[str] | None, **kw: Any) -> AdapterRef:
+    tags = list(tags or [])
+    task = next((t for t in tags if re.fullmatch(r"lamp-\d+[a-z]?", t)), None)
+    user = next((t[len(USER_TAG_PREFIX):] for t in tags if t.startswith(USER_TAG_PREFIX)), None)
+    peft = next((t for t in tags if t in ("lora", "ia3", "prompt-tuning", "adalora", "loha", "lokr", "oft")), None)
+    return AdapterRef(repo_id=repo_id, task=task.upper().replace("LAMP", "LaMP") if task else None, user=user,
+                      peft_type=peft.upper().replace("-", "_") if peft else None, tags=tuple(tags), **kw)
+
+
+def _read_complete(folder: str | Path) -> AdapterRecord:
+    folder = Path(folder)
+    if not is_complete(folder):
+        missing = [n for n in (*PEFT_FILES, RECORD_FILE) if not (folder / n).is_file()]
+        raise AdapterNotFoundError(f"{folder} is not a complete adapter folder (missing {', '.join(missing)})")
+    return AdapterRecord.from_folder(folder)
+
+
+class AdapterStore(ABC):
+    """Where adapters live: ``push`` a folder, ``list`` repos, ``pull`` one (optionally at a revision).
+
+    Args:
+        namespace: the user or organisation owning the repos.
+        hash_user_ids: name users by a salted hash of their id (default ``$OPPU_HUB_HASH_USER_IDS``).
+        salt: the secret salt of those hashes (default ``$OPPU_HUB_USER_SALT``).
+        private: create new repos private (default; the Hub and the local store both honour it).
+    """
+
+    kind = "store"
+
+    def __init__(self, namespace: str | None = None, *, hash_user_ids: bool | None = None, salt: str | None = None,
+                 private: bool = True):
+        if namespace is not None and not _REPO_PART.match(namespace):
+            raise ValueError(f"invalid namespace {namespace!r}")
+        self._namespace = namespace
+        self.hash_user_ids = hash_user_ids_default() if hash_user_ids is None else hash_user_ids
+        self.salt = salt
+        self.private = private
+
+    @property
+    def namespace(self) -> str:
+        if self._namespace is None:
+            raise StoreError("this store has no namespace")
+        return self._namespace
+
+    # -- naming ---------------------------------------------------------------------------------------------
+    def label(self, user_id: str) -> str:
+        """How ``user_id`` is named in repo names, tags and cards (raw, or salted hash)."""
+        return user_label(user_id, hash_user_ids=self.hash_user_ids, salt=self.salt)
+
+    def repo_id(self, user_id: str, task: str) -> str:
+        """The repo of a user's adapter for a task: ``{namespace}/oppu-{task}-{user}``."""
+        return f"{self.namespace}/{repo_name(task, self.label(user_id))}"
+
+    def filter_tags(self, user_id: str | None = None, task: str | None = None) -> list[str]:
+        tags = ["oppu"]
+        if task:
+            tags.append(task_tag(task))
+        if user_id is not None:
+            tags.append(user_tag(self.label(user_id)))
+        return tags
+
+    def repo_files(self, folder: str | Path, record: AdapterRecord, repo_id: str,
+                   base_model: str | None = None) -> dict[str, Path | bytes]:
+        """What one push commits: the PEFT files, ``oppu.json`` (user id replaced by its hash when hashing)
+        and the model card ``README.md``."""
+        label = self.label(record.user_id)
+        data = dataclasses.asdict(record)
+        if self.hash_user_ids:
+            data["user_id"] = label
+            data["user_id_hashed"] = True
+        card = adapter_card(record, repo_id=repo_id, label=label, base_model=base_model)
+        files: dict[str, Path | bytes] = {name: Path(folder) / name for name in PEFT_FILES}
+        files[RECORD_FILE] = (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode()
+        files[README] = str(card).encode()
+        return files
+
+    def commit_message(self, record: AdapterRecord) -> str:
+        return (f"oppu-hub: {record.task} {record.peft_type} adapter of user {self.label(record.user_id)} "
+                f"({record.num_history_items} history items)")
+
+    # -- the interface --------------------------------------------------------------------------------------
+    @abstractmethod
+    def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
+             private: bool | None = None) -> PushResult:
+        """Push the adapter in ``folder`` (left untouched) as a new revision of its user's repo."""
+
+    @abstractmethod
+    def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
+        """The namespace's adapter repos, optionally of one user and/or task."""
+
+    @abstractmethod
+    def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
+        """A local folder holding the adapter of ``repo_id`` at ``revision`` (default: the latest)."""
+
+    @abstractmethod
+    def history(self, repo_id: str) -> list[str]:
+        """The revisions of a repo, newest first."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    def describe(self) -> str:
+        return self.kind
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face Hub
+# ------------------------------------------------------------------------------------------------------------
+class HubStore(AdapterStore):
+    """Adapters on the Hugging Face Hub (or any Hub-API endpoint).
+
+    Args:
+        namespace: the user or organisation to push to and list (default: the token's user).
+        endpoint: the Hub URL (default ``$HF_ENDPOINT``, else https://huggingface.co).
+        token: an access token (default: ``$HF_TOKEN`` or the one saved by ``hf auth login``).
+    """
+
+    kind = "hub"
+
+    def __init__(self, namespace: str | None = None, *, endpoint: str | None = None, token: str | None = None,
+                 hash_user_ids: bool | None = None, salt: str | None = None, private: bool = True):
+        super().__init__(namespace, hash_user_ids=hash_user_ids, salt=salt, private=private)
+        from huggingface_hub import HfApi, constants
+
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        self.token = token
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+
+    def describe(self) -> str:
+        return f"hub:{self._namespace or '<token user>'} at {self.endpoint}"
+
+    @property
+    def namespace(self) -> str:
+        if self._namespace is None:
+            self._namespace = self.whoami()["name"]
+        return self._namespace
+
+    def _token(self) -> str:
+        from huggingface_hub import get_token
+
+        token = self.token or get_token()
+        if not token:
+            raise StoreAuthError(f"no Hugging Face token for {self.endpoint}: run `hf auth login` or set HF_TOKEN")
+        return token
+
+    def whoami(self) -> dict[str, Any]:
+        """The token's account (``name``, ``orgs``...)."""
+        token = self._token()
+        with self._errors("whoami"):
+            return self.api.whoami(token=token)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, repo_id: str | None = None, *, upload: bool = False) -> Iterator[None]:
+        """Translate huggingface_hub/httpx failures into the store's errors."""
+        import httpx2
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        what = f"{action} {repo_id}" if repo_id else action
+        retry = "; the local adapter folder is untouched: run the push again to retry" if upload else ""
+        try:
+            yield
+        except RevisionNotFoundError as e:
+            raise AdapterRepoNotFoundError(f"{what}: no such revision on {self.endpoint}") from e
+        except RepositoryNotFoundError as e:
+            raise AdapterRepoNotFoundError(
+                f"{what}: repo not found on {self.endpoint}, or it is private and this token may not read it "
+                f"(log in with the owner's token)") from e
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status == 401:
+                raise StoreAuthError(f"{what}: the token was rejected by {self.endpoint} (HTTP 401); "
+                                     f"run `hf auth login` or set HF_TOKEN") from e
+            if status == 403:
+                raise StoreAuthError(f"{what}: permission denied by {self.endpoint} (HTTP 403): the token may "
+                                     f"not write there (read-only token, or the repo belongs to someone else)") from e
+            if upload:
+                raise StoreUploadError(f"{what} failed (HTTP {status}){retry}: {e}") from e
+            raise StoreError(f"{what} failed (HTTP {status}): {e}") from e
+        except (httpx2.TransportError, LocalEntryNotFoundError) as e:
+            if upload:
+                raise StoreUploadError(f"{what}: connection to {self.endpoint} failed{retry} ({e})") from e
+            raise StoreConnectionError(f"{what}: cannot reach {self.endpoint} ({e})") from e
+
+    def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
+             private: bool | None = None) -> PushResult:
+        from huggingface_hub import CommitOperationAdd
+
+        record = _read_complete(folder)
+        token = self._token()
+        me = self.whoami()
+        if self._namespace is None:
+            self._namespace = me["name"]
+        namespace = self.namespace
+        writable = {me.get("name"), *(o.get("name") for o in me.get("orgs") or [])}
+        if namespace not in writable:
+            raise StoreNamespaceError(
+                f"namespace {namespace!r} belongs to someone else: the token of {me.get('name')!r} can push to "
+                f"{', '.join(sorted(n for n in writable if n))}")
+        repo_id = self.repo_id(record.user_id, record.task)
+        files = self.repo_files(folder, record, repo_id, base_model)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
+                                         else str(content)) for name, content in files.items()]
+        with self._errors("push to", repo_id, upload=True):
+            self.api.create_repo(repo_id, private=self.private if private is None else private, exist_ok=True,
+                                 token=token)
+            head = self._head(repo_id, token)
+            info = self.api.create_commit(repo_id, operations, commit_message=commit_message
+                                          or self.commit_message(record), token=token)
+        logger.info("pushed %s to %s@%s", folder, repo_id, info.oid)
+        return PushResult(repo_id=repo_id, revision=info.oid, url=f"{self.endpoint}/{repo_id}",
+                          new_revision=info.oid != head)
+
+    def _head(self, repo_id: str, token: str) -> str | None:
+        return self.api.model_info(repo_id, token=token).sha
+
+    def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
+        with self._errors("list", self._namespace):
+            models = self.api.list_models(author=self.namespace, filter=self.filter_tags(user_id, task),
+                                          expand=["sha", "private", "tags", "lastModified"])
+            refs = [_ref_from_tags(m.id, m.tags, private=m.private, revision=m.sha,
+                                   last_modified=m.last_modified.isoformat() if m.last_modified else None)
+                    for m in models]
+        return sorted(refs, key=lambda r: r.repo_id)
+
+    def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
+        from huggingface_hub import snapshot_download
+
+        with self._errors("pull", repo_id):
+            path = snapshot_download(repo_id, revision=revision, token=self.token, endpoint=self.endpoint,
+                                     local_dir=local_dir)
+        return Path(path)
+
+    def history(self, repo_id: str) -> list[str]:
+        with self._errors("history of", repo_id):
+            return [c.commit_id for c in self.api.list_repo_commits(repo_id)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Local folder
+# ------------------------------------------------------------------------------------------------------------
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LocalStore(AdapterStore):
+    """Adapters in a local folder laid out like the Hub: ``{root}/{namespace}/{repo}/`` holds the latest files
+    (PEFT files, ``oppu.json``, ``README.md``), and ``{repo}/.history/{n}/`` every revision ``n`` with
+    ``.history/log.jsonl`` (one line per revision: ``n``, ``sha``, ``parent``, message, date, file hashes).
+    Private repos are folders with permissions 0700. A push replaces the repo folder in one rename (older
+    revisions are hard-linked across, not copied), under a lock, so readers never see half a push.
+
+    Args:
+        root: the store folder.
+        namespace: the namespace pushed to and listed (default ``$OPPU_HUB_NAMESPACE`` or ``local``).
+    """
+
+    kind = "local"
+
+    def __init__(self, root: str | Path, namespace: str | None = None, *, hash_user_ids: bool | None = None,
+                 salt: str | None = None, private: bool = True):
+        super().__init__(namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_LOCAL_NAMESPACE,
+                         hash_user_ids=hash_user_ids, salt=salt, private=private)
+        self.root = Path(root).expanduser()
+
+    def describe(self) -> str:
+        return f"{self.root} namespace {self.namespace}"
+
+    def repo_dir(self, repo_id: str) -> Path:
+        parts = repo_id.split("/")
+        if len(parts) != 2 or not all(_REPO_PART.match(p) and ".." not in p for p in parts):
+            raise ValueError(f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME")
+        return self.root / parts[0] / parts[1]
+
+    @staticmethod
+    def _log(repo: Path) -> list[dict[str, Any]]:
+        path = repo / HISTORY_DIR / LOG_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    @contextlib.contextmanager
+    def _lock(self, repo: Path) -> Iterator[None]:
+        import fcntl
+
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        with open(repo.parent / f".{repo.name}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
+             private: bool | None = None) -> PushResult:
+        record = _read_complete(folder)
+        repo_id = self.repo_id(record.user_id, record.task)
+        repo = self.repo_dir(repo_id)
+        contents = {name: c if isinstance(c, bytes) else c.read_bytes()
+                    for name, c in self.repo_files(folder, record, repo_id, base_model).items()}
+        hashes = {name: _sha256(c) for name, c in sorted(contents.items())}
+        with self._lock(repo):
+            if repo.exists() and not os.access(repo, os.R_OK | os.W_OK | os.X_OK):
+                raise StoreNamespaceError(f"{repo} exists and belongs to someone else (no permission)")
+            log = self._log(repo)
+            if log and log[-1]["files"] == hashes:
+                return PushResult(repo_id, log[-1]["sha"], str(repo), new_revision=False)
+            if repo.exists():
+                is_private = (repo.stat().st_mode & 0o077) == 0
+            else:
+                is_private = self.private if private is None else private
+            n = len(log) + 1
+            parent = log[-1]["sha"] if log else None
+            entry = {"n": n, "sha": "", "parent": parent, "message": commit_message or self.commit_message(record),
+                     "date": _now(), "files": hashes}
+            entry["sha"] = hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+            with atomic_dir(repo, overwrite=True, mode=0o700 if is_private else 0o755) as tmp:
+                history = tmp / HISTORY_DIR
+                if (repo / HISTORY_DIR).is_dir():
+                    shutil.copytree(repo / HISTORY_DIR, history, copy_function=_link_or_copy,
+                                    ignore=shutil.ignore_patterns(LOG_FILE))
+                rev = history / str(n)
+                rev.mkdir(parents=True)
+                for name, content in contents.items():
+                    (rev / name).write_bytes(content)
+                    (rev / name).chmod(0o444)
+                    _link_or_copy(rev / name, tmp / name)
+                (history / LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in [*log, entry]), "utf-8")
+        logger.info("pushed %s to %s (revision %d, %s)", folder, repo, n, entry["sha"][:12])
+        return PushResult(repo_id, entry["sha"], str(repo))
+
+    def _resolve(self, repo_id: str, revision: str | None) -> tuple[Path, dict[str, Any]]:
+        repo = self.repo_dir(repo_id)
+        if repo.exists() and not os.access(repo, os.R_OK | os.X_OK):
+            raise AdapterRepoNotFoundError(f"{repo_id}: private repo of someone else (no permission on {repo})")
+        log = self._log(repo)
+        if not log:
+            raise AdapterRepoNotFoundError(f"{repo_id}: no such adapter repo in {self.root}")
+        if revision in (None, "main"):
+            return repo, log[-1]
+        rev = str(revision)
+        for entry in reversed(log):
+            if str(entry["n"]) == rev or (len(rev) >= 4 and entry["sha"].startswith(rev.lower())):
+                return repo, entry
+        raise AdapterRepoNotFoundError(f"{repo_id}: no revision {revision!r} (has {len(log)})")
+
+    def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
+        repo, entry = self._resolve(repo_id, revision)
+        path = repo / HISTORY_DIR / str(entry["n"])
+        if local_dir is None:
+            return path
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        for name in entry["files"]:
+            shutil.copyfile(path / name, local_dir / name)
+        return local_dir
+
+    def history(self, repo_id: str) -> list[str]:
+        repo, _ = self._resolve(repo_id, None)
+        return [e["sha"] for e in reversed(self._log(repo))]
+
+    def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
+        from huggingface_hub import metadata_load
+
+        wanted = set(self.filter_tags(user_id, task))
+        ns = self.root / self.namespace
+        refs = []
+        for repo in sorted(ns.iterdir()) if ns.is_dir() else []:
+            if repo.name.startswith(".") or not repo.is_dir() or not os.access(repo, os.R_OK | os.X_OK):
+                continue
+            readme = repo / README
+            if not readme.is_file():
+                continue
+            tags = list((metadata_load(readme) or {}).get("tags") or [])
+            if not wanted <= set(tags):
+                continue
+            log = self._log(repo)
+            refs.append(_ref_from_tags(
+                f"{self.namespace}/{repo.name}", tags, private=(repo.stat().st_mode & 0o077) == 0,
+                revision=log[-1]["sha"] if log else None, last_modified=log[-1]["date"] if log else None))
+        return refs
+
+
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link ``src`` to ``dst`` (revisions are immutable, so sharing them is safe), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------------------
+def default_store_dir() -> Path:
+    """The embedded store used when nothing is configured: ``{oppu-hub cache}/store``."""
+    from .models import cache_dir
+
+    return cache_dir() / "store"
+
+
+def open_store(spec: str | os.PathLike[str] | AdapterStore | None = None, *, namespace: str | None = None,
+               hash_user_ids: bool | None = None, salt: str | None = None, endpoint: str | None = None,
+               token: str | None = None, private: bool = True) -> AdapterStore:
+    """A store from a spec: ``hub:NAMESPACE``, ``hf://NAMESPACE`` or ``hub`` (the token's user) for the Hub;
+    a folder (or ``local:FOLDER``) for a :class:`LocalStore`; ``None`` for ``$OPPU_HUB_STORE``, else the local
+    default :func:`default_store_dir`. An explicit ``namespace`` overrides the spec's."""
+    if isinstance(spec, AdapterStore):
+        return spec
+    text = str(spec or os.environ.get(STORE_ENV) or default_store_dir())
+    common = {"hash_user_ids": hash_user_ids, "salt": salt, "private": private}
+    for prefix in ("hf://", "hub:", "hf:"):
+        if text.startswith(prefix) or text == prefix.rstrip(":/"):
+            ns = text[len(prefix):].strip("/") or None
+            return HubStore(namespace or ns, endpoint=endpoint, token=token, **common)
+    for prefix in ("local:", "file://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return LocalStore(text, namespace, **common)
+
+
+def push_adapter(folder: str | Path, store: AdapterStore | str | None = None, **kwargs: Any) -> PushResult:
+    """Push one finished adapter folder (the hook ``train-users --push-to`` calls after each user)."""
+    return open_store(store).push(folder, **kwargs)
+
+
+def load_user_adapter(model: Any, store: AdapterStore | str | None, repo_id_or_path: str | os.PathLike[str],
+                      revision: str | None = None, adapter_name: str = "default", *,
+                      base_fingerprint: str | None = None, is_trainable: bool = False) -> Any:
+    """Load a user's adapter onto ``model`` and return the ``PeftModel``.
+
+    ``repo_id_or_path`` is an adapter folder or a repo of ``store`` (pulled at ``revision``). The adapter's
+    ``oppu.json`` must name the loaded base (:func:`oppu_hub.models.model_fingerprint`, or pass
+    ``base_fingerprint`` when it is known), else :class:`~oppu_hub.adapters.AdapterBaseMismatchError`. A
+    ``PeftModel`` gets the adapter added under ``adapter_name`` (``load_adapter``), a plain model is wrapped.
+    """
+    from peft import PeftModel
+
+    from .models import model_fingerprint
+
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        folder = local
+        where = str(local)
+    else:
+        folder = open_store(store).pull(str(repo_id_or_path), revision)
+        where = f"{repo_id_or_path}@{revision or 'main'}"
+    record = _read_complete(folder)
+    check_base(record, base_fingerprint or model_fingerprint(model), where=where)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
+        return model
+    return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)

@@ -1,0 +1,417 @@
+"""Adapter stores: the Hub store against a real HTTP Hub API (tests/hub_server.py) driven by the real client
+(HfApi, snapshot_download, PeftModel.from_pretrained on a repo id, the ``hf download`` CLI), the local store,
+and the ``oppu-hub push/list/pull`` commands on both."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_random_adapter
+from hub_server import ALICE, ALICE_READ_ONLY, BOB
+from oppu_hub.adapters import AdapterBaseMismatchError, AdapterRecord
+from oppu_hub.cards import hash_user_id
+from oppu_hub.store import (
+    AdapterRepoNotFoundError,
+    HubStore,
+    LocalStore,
+    StoreAuthError,
+    StoreNamespaceError,
+    StoreUploadError,
+    load_user_adapter,
+    open_store,
+    push_adapter,
+)
+
+if TYPE_CHECKING:
+    from hub_fixtures import HubEnv
+
+pytest_plugins = ("hub_fixtures",)  # the fake_hub and hub_env fixtures
+
+IDS = torch.tensor([[1, 42, 7, 99, 3, 250, 11]])
+HF_CLI = Path(sys.executable).with_name("hf")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# adapters on the tiny base
+# ---------------------------------------------------------------------------------------------------------------
+def load_tiny(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.fixture(scope="session")
+def adapter_template(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_random_adapter(tiny_base, tmp_path_factory.mktemp("adapter"), num_history_items=12, train_loss=1.25,
+                               metrics={"accuracy": 0.5, "f1": 0.25})
+
+
+@pytest.fixture(scope="session")
+def expected_logits(tiny_base: Path, adapter_template: Path) -> torch.Tensor:
+    from peft import PeftModel
+
+    out = logits(PeftModel.from_pretrained(load_tiny(tiny_base), adapter_template))
+    assert not torch.allclose(out, logits(load_tiny(tiny_base))), "the test adapter must change the logits"
+    return out
+
+
+def make_adapter(template: Path, dest: Path, user_id: str = "u1", task: str = "LaMP-2N",
+                 scale: float | None = None) -> Path:
+    shutil.copytree(template, dest)
+    record = AdapterRecord.from_folder(dest)
+    record.user_id, record.task = user_id, task
+    record.save(dest)
+    if scale is not None:
+        weights = load_file(dest / "adapter_model.safetensors")
+        save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
+                  dest / "adapter_model.safetensors")
+    return dest
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hub_store(env: HubEnv, namespace: str | None = "alice", token: str | None = ALICE, **kw) -> HubStore:
+    return HubStore(namespace, endpoint=env.url, token=token, **kw)
+
+
+def cli(*argv: str) -> int:
+    import oppu_hub.cli as cli_module
+
+    return cli_module.main(list(argv))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hub store
+# ---------------------------------------------------------------------------------------------------------------
+def test_hub_push_then_reload_gives_identical_logits(hub_env: HubEnv, tiny_base, adapter_template,
+                                                      expected_logits, tmp_path):
+    from huggingface_hub import HfApi
+    from peft import PeftModel
+
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    before = tree_hashes(folder)
+    result = hub_store(hub_env).push(folder)
+    assert result.repo_id == "alice/oppu-lamp-2n-u1" and result.new_revision
+    assert tree_hashes(folder) == before
+
+    api = HfApi(endpoint=hub_env.url, token=ALICE)
+    info = api.model_info(result.repo_id)
+    assert info.private is True and info.sha == result.revision
+    assert {s.rfilename for s in info.siblings} >= {"adapter_config.json", "adapter_model.safetensors",
+                                                    "oppu.json", "README.md"}
+    assert len(api.list_repo_commits(result.repo_id)) == 2  # the repo's initial commit + ONE commit for the push
+    assert hub_env.hub.calls("/commit/") == 1
+    card = api.model_info(result.repo_id).card_data
+    assert card.library_name == "peft" and card.pipeline_tag == "text-generation"
+    assert set(card.tags) >= {"oppu", "lamp", "lamp-2n", "lora", "user-u1"}
+    assert card.base_model is None  # the tiny base is a local folder, not a Hub id
+
+    # The plain client: PeftModel.from_pretrained on the repo id (HF_TOKEN is alice's).
+    assert torch.equal(logits(PeftModel.from_pretrained(load_tiny(tiny_base), result.repo_id)), expected_logits)
+    # oppu-hub's loader, which also checks the base.
+    model = load_user_adapter(load_tiny(tiny_base), hub_store(hub_env), result.repo_id)
+    assert torch.equal(logits(model), expected_logits)
+
+    # `hf download` as a user would run it.
+    out = tmp_path / "downloaded"
+    proc = subprocess.run([str(HF_CLI), "download", result.repo_id, "--local-dir", str(out), "--quiet"],
+                          env=hub_env.env(ALICE), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (out / name).read_bytes() == (folder / name).read_bytes()
+    assert AdapterRecord.from_folder(out) == AdapterRecord.from_folder(folder)
+    assert torch.equal(logits(PeftModel.from_pretrained(load_tiny(tiny_base), out)), expected_logits)
+
+
+def test_hub_repush_is_a_new_commit_and_old_revisions_stay(hub_env: HubEnv, tiny_base, adapter_template,
+                                                           expected_logits, tmp_path):
+    store = hub_store(hub_env)
+    first = store.push(make_adapter(adapter_template, tmp_path / "v1"))
+    second = store.push(make_adapter(adapter_template, tmp_path / "v2", scale=3.0))
+    assert second.repo_id == first.repo_id and second.revision != first.revision and second.new_revision
+    assert store.history(first.repo_id)[:2] == [second.revision, first.revision]
+
+    old = load_user_adapter(load_tiny(tiny_base), store, first.repo_id, revision=first.revision)
+    assert torch.equal(logits(old), expected_logits)
+    new = load_user_adapter(load_tiny(tiny_base), store, first.repo_id)
+    assert not torch.allclose(logits(new), expected_logits)
+
+    again = store.push(tmp_path / "v2")  # nothing changed: no empty commit
+    assert again.revision == second.revision and not again.new_revision
+    assert len(store.history(first.repo_id)) == 3
+
+
+def test_hub_private_repos_need_the_owners_token(hub_env: HubEnv, adapter_template, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo_id = hub_store(hub_env).push(make_adapter(adapter_template, tmp_path / "a")).repo_id
+    assert [r.repo_id for r in hub_store(hub_env).list()] == [repo_id]
+
+    monkeypatch.delenv("HF_TOKEN")
+    for token in (BOB, None):
+        other = hub_store(hub_env, token=token)
+        assert other.list() == []
+        with pytest.raises(AdapterRepoNotFoundError, match="private"):
+            other.pull(repo_id)
+        with pytest.raises(RepositoryNotFoundError):
+            HfApi(endpoint=hub_env.url, token=token or False).model_info(repo_id)
+    proc = subprocess.run([str(HF_CLI), "download", repo_id, "--local-dir", str(tmp_path / "bob")],
+                          env=hub_env.env(BOB), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and not (tmp_path / "bob" / "adapter_model.safetensors").exists()
+
+
+def test_hub_list_filters_by_tags(hub_env: HubEnv, adapter_template, tmp_path):
+    store = hub_store(hub_env)
+    for user, task in [("u1", "LaMP-2N"), ("u2", "LaMP-2N"), ("u1", "LaMP-3")]:
+        store.push(make_adapter(adapter_template, tmp_path / f"{user}-{task}", user, task))
+    hub_store(hub_env, "bob", BOB).push(make_adapter(adapter_template, tmp_path / "bob-u1", "u1"))
+
+    assert [r.repo_id for r in store.list()] == ["alice/oppu-lamp-2n-u1", "alice/oppu-lamp-2n-u2",
+                                                 "alice/oppu-lamp-3-u1"]
+    assert [r.repo_id for r in store.list(task="LaMP-2N")] == ["alice/oppu-lamp-2n-u1", "alice/oppu-lamp-2n-u2"]
+    assert [r.repo_id for r in store.list(user_id="u1")] == ["alice/oppu-lamp-2n-u1", "alice/oppu-lamp-3-u1"]
+    (ref,) = store.list(user_id="u2", task="LaMP-2N")
+    assert (ref.task, ref.user, ref.peft_type, ref.private) == ("LaMP-2N", "u2", "LORA", True)
+    assert ref.revision and store.list(user_id="nobody") == []
+
+
+def test_hub_hashed_user_ids_keep_the_raw_id_out(hub_env: HubEnv, adapter_template, tmp_path):
+    raw = "Jane.Doe@example.org"
+    store = hub_store(hub_env, hash_user_ids=True, salt="s3cret")
+    result = store.push(make_adapter(adapter_template, tmp_path / "a", raw))
+    digest = hash_user_id(raw, "s3cret")
+    assert result.repo_id == f"alice/oppu-lamp-2n-{digest}"
+    pulled = store.pull(result.repo_id)
+    for path in pulled.iterdir():
+        assert raw.encode() not in path.read_bytes(), path.name
+    assert f"user-{digest}" in (pulled / "README.md").read_text()
+    assert json.loads((pulled / "oppu.json").read_text())["user_id"] == digest
+    assert [r.repo_id for r in store.list(user_id=raw)] == [result.repo_id]
+    assert hash_user_id(raw, "other salt") != digest
+    with pytest.raises(ValueError, match="salt"):
+        hub_store(hub_env, hash_user_ids=True).repo_id(raw, "LaMP-2N")
+
+
+def test_hub_wrong_base_fails_clearly(hub_env: HubEnv, tiny_base, adapter_template, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    store = hub_store(hub_env)
+    repo_id = store.push(make_adapter(adapter_template, tmp_path / "a")).repo_id
+    base = load_tiny(tiny_base)
+    torch.manual_seed(123)
+    other = LlamaForCausalLM(base.config).eval()
+    with pytest.raises(AdapterBaseMismatchError, match="trained on base"):
+        load_user_adapter(other, store, repo_id)
+
+
+def test_hub_errors_are_clear(hub_env: HubEnv, adapter_template, tmp_path, monkeypatch):
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(StoreAuthError, match="hf auth login"):
+        hub_store(hub_env, token=None).push(folder)
+    with pytest.raises(StoreAuthError, match="401"):
+        hub_store(hub_env, token="hf_wrong").push(folder)
+    with pytest.raises(StoreNamespaceError, match="belongs to someone else"):
+        hub_store(hub_env, "bob").push(folder)
+    with pytest.raises(StoreAuthError, match="403"):
+        hub_store(hub_env, token=ALICE_READ_ONLY).push(folder)
+    assert hub_store(hub_env, "lamp-lab").push(folder).repo_id == "lamp-lab/oppu-lamp-2n-u1"  # alice's org
+    with pytest.raises(AdapterRepoNotFoundError):
+        hub_store(hub_env).pull("alice/oppu-lamp-2n-nobody")
+    with pytest.raises(AdapterRepoNotFoundError, match="revision"):
+        hub_store(hub_env).pull("lamp-lab/oppu-lamp-2n-u1", revision="0" * 40)
+
+
+@pytest.mark.parametrize("disconnect", [True, False], ids=["connection-dropped", "http-500"])
+def test_hub_failed_upload_leaves_folder_intact_and_retry_works(hub_env: HubEnv, adapter_template, tmp_path,
+                                                                 disconnect):
+    from huggingface_hub import HfApi
+
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    before = tree_hashes(folder)
+    store = hub_store(hub_env)
+    hub_env.hub.fail_next("commit", status=500, disconnect=disconnect)
+    with pytest.raises(StoreUploadError, match="run the push again"):
+        store.push(folder)
+    assert tree_hashes(folder) == before
+    api = HfApi(endpoint=hub_env.url, token=ALICE)
+    assert [s.rfilename for s in api.model_info("alice/oppu-lamp-2n-u1").siblings] == [".gitattributes"]
+
+    result = store.push(folder)
+    assert result.new_revision and tree_hashes(folder) == before
+    assert "adapter_model.safetensors" in {s.rfilename for s in api.model_info(result.repo_id).siblings}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local store
+# ---------------------------------------------------------------------------------------------------------------
+def test_local_push_layout_history_and_reload(tiny_base, adapter_template, expected_logits, tmp_path):
+    store = LocalStore(tmp_path / "store", "alice")
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    before = tree_hashes(folder)
+    first = store.push(folder)
+    repo = tmp_path / "store" / "alice" / "oppu-lamp-2n-u1"
+    assert first.repo_id == "alice/oppu-lamp-2n-u1" and Path(first.url) == repo
+    assert stat.S_IMODE(repo.stat().st_mode) == 0o700
+    assert {p.name for p in repo.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "oppu.json",
+                                                "README.md", ".history"}
+    assert "user-u1" in (repo / "README.md").read_text() and tree_hashes(folder) == before
+    assert torch.equal(logits(load_user_adapter(load_tiny(tiny_base), store, first.repo_id)), expected_logits)
+
+    second = store.push(make_adapter(adapter_template, tmp_path / "v2", scale=3.0))
+    assert second.revision != first.revision and store.history(first.repo_id) == [second.revision, first.revision]
+    for rev in (first.revision, first.revision[:8], "1"):
+        old = load_user_adapter(load_tiny(tiny_base), store, first.repo_id, revision=rev)
+        assert torch.equal(logits(old), expected_logits)
+    assert not torch.allclose(logits(load_user_adapter(load_tiny(tiny_base), store, first.repo_id)), expected_logits)
+    both = load_user_adapter(old, store, first.repo_id, adapter_name="latest")  # a 2nd adapter on a PeftModel
+    assert both is old and set(both.peft_config) == {"default", "latest"}
+    both.set_adapter("latest")
+    assert not torch.allclose(logits(both), expected_logits)
+    both.set_adapter("default")
+    assert torch.equal(logits(both), expected_logits)
+    assert not store.push(tmp_path / "v2").new_revision
+    with pytest.raises(AdapterRepoNotFoundError):
+        store.pull(first.repo_id, revision="7")
+    pulled = store.pull(first.repo_id, first.revision, local_dir=tmp_path / "out")
+    assert (pulled / "adapter_model.safetensors").read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
+
+
+def test_local_public_list_filters_and_hashing(adapter_template, tmp_path):
+    store = LocalStore(tmp_path / "store", "lab", private=False)
+    for user, task in [("u1", "LaMP-2N"), ("u2", "LaMP-2N"), ("u1", "LaMP-3")]:
+        store.push(make_adapter(adapter_template, tmp_path / f"{user}-{task}", user, task))
+    assert stat.S_IMODE((tmp_path / "store" / "lab" / "oppu-lamp-3-u1").stat().st_mode) == 0o755
+    assert [r.repo_id for r in store.list(task="LaMP-2N")] == ["lab/oppu-lamp-2n-u1", "lab/oppu-lamp-2n-u2"]
+    assert [r.repo_id for r in store.list(user_id="u1")] == ["lab/oppu-lamp-2n-u1", "lab/oppu-lamp-3-u1"]
+    (ref,) = store.list("u2", "LaMP-2N")
+    assert (ref.task, ref.user, ref.peft_type, ref.private) == ("LaMP-2N", "u2", "LORA", False)
+
+    hashed = LocalStore(tmp_path / "store", "lab", hash_user_ids=True, salt="pepper")
+    result = hashed.push(make_adapter(adapter_template, tmp_path / "raw", "Jane Doe"))
+    assert "jane" not in result.repo_id.lower()
+    assert [r.repo_id for r in hashed.list(user_id="Jane Doe")] == [result.repo_id]
+    assert all(b"Jane Doe" not in p.read_bytes() for p in Path(result.url).rglob("*") if p.is_file())
+
+
+def test_local_wrong_base_fails(tiny_base, adapter_template, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    store = LocalStore(tmp_path / "store")
+    repo_id = store.push(make_adapter(adapter_template, tmp_path / "a")).repo_id
+    assert repo_id == "local/oppu-lamp-2n-u1"
+    torch.manual_seed(7)
+    other = LlamaForCausalLM(load_tiny(tiny_base).config).eval()
+    with pytest.raises(AdapterBaseMismatchError):
+        load_user_adapter(other, store, repo_id)
+    with pytest.raises(AdapterBaseMismatchError):  # a plain folder is checked too
+        load_user_adapter(other, None, store.pull(repo_id))
+
+
+def test_local_push_failing_midway_changes_nothing(adapter_template, tmp_path, monkeypatch):
+    import oppu_hub.store as store_module
+
+    store = LocalStore(tmp_path / "store", "alice")
+    first = store.push(make_adapter(adapter_template, tmp_path / "v1"))
+    repo = Path(first.url)
+    repo_before = tree_hashes(repo)
+    folder = make_adapter(adapter_template, tmp_path / "v2", scale=2.0)
+    folder_before = tree_hashes(folder)
+
+    calls = {"n": 0}
+    real = store_module._link_or_copy
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (injected)")
+        real(src, dst)
+
+    monkeypatch.setattr(store_module, "_link_or_copy", flaky)
+    with pytest.raises(OSError, match="injected"):
+        store.push(folder)
+    assert tree_hashes(repo) == repo_before and tree_hashes(folder) == folder_before
+    assert [p.name for p in repo.parent.iterdir() if p.name.startswith(f".{repo.name}.")] == [
+        f".{repo.name}.lock"]  # no half-written temporary folder left
+    assert store.push(folder).new_revision and len(store.history(first.repo_id)) == 2
+
+
+def test_open_store_specs(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPPU_HUB_STORE", raising=False)
+    monkeypatch.setenv("OPPU_HUB_CACHE", str(tmp_path / "cache"))
+    hub = open_store("hub:alice", endpoint="http://127.0.0.1:9")
+    assert isinstance(hub, HubStore) and hub.namespace == "alice" and hub.endpoint == "http://127.0.0.1:9"
+    assert open_store("hf://lamp-lab", endpoint="http://x").namespace == "lamp-lab"
+    assert isinstance(open_store(str(tmp_path)), LocalStore) and open_store(str(tmp_path)).root == tmp_path
+    assert open_store(f"local:{tmp_path}", namespace="ns").namespace == "ns"
+    default = open_store()
+    assert isinstance(default, LocalStore) and default.root == tmp_path / "cache" / "store"
+    monkeypatch.setenv("OPPU_HUB_STORE", str(tmp_path / "env-store"))
+    assert open_store().root == tmp_path / "env-store"
+    with pytest.raises(ValueError):
+        LocalStore(tmp_path).pull("../../etc")
+
+
+def test_push_adapter_refuses_incomplete_folders(tmp_path, adapter_template):
+    from oppu_hub.adapters import AdapterNotFoundError
+
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    (folder / "oppu.json").unlink()
+    with pytest.raises(AdapterNotFoundError, match="oppu.json"):
+        push_adapter(folder, str(tmp_path / "store"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["hub", "local"])
+def test_cli_push_list_pull(kind, hub_env: HubEnv, tiny_base, adapter_template, expected_logits, tmp_path,
+                            capsys):
+    store = "hub:alice" if kind == "hub" else str(tmp_path / "store")
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    assert cli("push", "--folder", str(folder), "--store", store) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("alice/oppu-lamp-2n-u1@" if kind == "hub" else "local/oppu-lamp-2n-u1@")
+    repo_id = out.split("@")[0]
+    assert cli("push", "--folder", str(make_adapter(adapter_template, tmp_path / "b", "u2")), "--store", store,
+               "--no_private") == 0
+    capsys.readouterr()
+
+    assert cli("list", "--store", store, "--task", "LaMP-2N") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["repo", "task", "user"] and len(lines) == 3
+    assert cli("list", "--store", store, "--user", "u2", "--json") == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["user"] == "u2" and row["private"] is False
+
+    assert cli("pull", "--store", store, "--repo_id", repo_id, "--local_dir", str(tmp_path / "pulled")) == 0
+    pulled = Path(capsys.readouterr().out.strip())
+    assert pulled == tmp_path / "pulled"
+    model = load_user_adapter(load_tiny(tiny_base), None, pulled)
+    assert torch.equal(logits(model), expected_logits)
+
+    assert cli("pull", "--store", store, "--repo_id", f"{repo_id.split('/')[0]}/oppu-lamp-2n-zz") == 2
+    assert "error" in capsys.readouterr().err
+    if kind == "hub":
+        assert cli("push", "--folder", str(folder), "--store", "hub:bob") == 2
+        assert "belongs to someone else" in capsys.readouterr().err

@@ -534,7 +534,7 @@ def open_store(spec: str | os.PathLike[str] | AdapterStore | None = None, *, nam
 
 
 def push_adapter(folder: str | Path, store: AdapterStore | str | None = None, **kwargs: Any) -> PushResult:
-    """Push one finished adapter folder (the hook ``train-users --push-to`` calls after each user)."""
+    """Push one finished adapter folder (the hook ``train-users --push_to_hub`` calls after each user)."""
     return open_store(store).push(folder, **kwargs)
 
 

@@ -223,3 +223,16 @@ def test_base_task_adaptation_merges_and_records(data, tiny_base, tmp_path):
     mtime = (folder / "model.safetensors").stat().st_mtime
     assert train_base(config) == folder and (folder / "model.safetensors").stat().st_mtime == mtime  # reused
     shutil.rmtree(folder)
+
+
+def test_push_to_hub_pushes_each_finished_adapter(data, tiny_base, tmp_path):
+    from oppu_hub.store import open_store
+
+    store_dir = tmp_path / "store"
+    config = user_config(data, tiny_base, tmp_path / "out", users=["u5", "u6"], num_train_epochs=1,
+                         push_to_hub=True, hub_store=str(store_dir))
+    assert train_users(config).trained == ["u5", "u6"]
+    refs = open_store(str(store_dir)).list(task="LaMP-2N")
+    assert sorted(r.user for r in refs) == ["u5", "u6"] and all(r.private for r in refs)
+    assert train_users(config).skipped == ["u5", "u6"]  # nothing new: nothing pushed again
+    assert len(open_store(str(store_dir)).list(task="LaMP-2N")) == 2

@@ -43,7 +43,9 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
         max_users: train only the first N users of the split.
         output_dir: adapters go to ``{output_dir}/{task}/{variant}-{peft}/{user}``.
         update: continue an existing adapter on history items newer than the last one it saw.
-        push_to: push each finished adapter to this store (``hub:NAMESPACE`` or a local store folder).
+        push_to_hub: push each finished adapter to ``hub_store`` (one private repo per user and task).
+        hub_store: where to push: ``hub:NAMESPACE``, a local store folder, or ``None`` for ``$OPPU_HUB_STORE``
+            (else the local default store).
         max_history: train on at most the N most recent history items of a user.
     """
 
@@ -53,7 +55,8 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     max_users: int | None = field(default=None, metadata={"help": "only the first N users"})
     output_dir: str = field(default="runs/users", metadata={"help": "root folder of user adapters"})
     update: bool = field(default=False, metadata={"help": "continue adapters on newer history items"})
-    push_to: str | None = field(default=None, metadata={"help": "store to push adapters to (hub:NS or folder)"})
+    push_to_hub: bool = field(default=False, metadata={"help": "push each finished adapter to --hub_store"})
+    hub_store: str | None = field(default=None, metadata={"help": "hub:NAMESPACE or a local store folder"})
     max_history: int | None = field(default=None, metadata={"help": "most recent N history items per user"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
 
@@ -140,7 +143,8 @@ def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_finge
             num_history_items=len(items) + (record.num_history_items if record else 0),
             last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
             train_loss=final_loss(trainer.state.log_history),
-            training={k: v for k, v in dataclasses.asdict(config).items() if k not in ("users", "push_to")},
+            training={k: v for k, v in dataclasses.asdict(config).items()
+                      if k not in ("users", "push_to_hub", "hub_store")},
         )
         trainer.save_adapter(folder, new_record, overwrite=record is not None)
     finally:
@@ -163,8 +167,8 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
     profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
     out = config.adapters_dir()
     remove_stale_temps(out)
-    if on_done is None and config.push_to:
-        on_done = _pusher(config.push_to)
+    if on_done is None and config.push_to_hub:
+        on_done = _pusher(config.hub_store)
     report = UserRunReport()
     datasets.disable_progress_bars()
     bar = tqdm(users, desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}", unit="user")
@@ -194,7 +198,7 @@ def _unload(peft_model: Any) -> None:
         peft_model.base_model.unload()
 
 
-def _pusher(spec: str) -> Callable[[str, Path], None]:
+def _pusher(spec: str | None) -> Callable[[str, Path], None]:
     from oppu_hub.store import open_store, push_adapter
 
     store = open_store(spec)

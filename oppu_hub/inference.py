@@ -187,22 +187,35 @@ def predict(config: PredictConfig, generator: Generator | None = None) -> tuple[
         generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
     ids, owners, prompts = build_prompts(config, split, users, generator.tokenizer)
     if config.adapters_dir:
-        folders = {u: Path(config.adapters_dir) / safe_name(u) for u in users}
-        missing = [u for u, f in folders.items() if not is_complete(f)]
-        if missing:
-            raise AdapterNotFoundError(f"no adapter for users {missing[:5]} in {config.adapters_dir}; "
-                                       f"train them with oppu-hub train-users")
+        folders = adapter_folders(config, users)
         texts = _generate_by_user_groups(generator, folders, owners, prompts, task, config)
     else:
         texts = generator.generate(prompts, None, task.max_new_tokens, config.batch_size)
     predictions = {i: clean_answer(task, t) for i, t in zip(ids, texts, strict=True)}
+    return (predictions, *save_predictions(config, split, predictions))
+
+
+def adapter_folders(config: PredictConfig, users: Sequence[str]) -> dict[str, Path]:
+    """Each user's adapter folder under ``config.adapters_dir``; every one must be complete."""
+    folders = {u: Path(config.adapters_dir or "") / safe_name(u) for u in users}
+    missing = [u for u, f in folders.items() if not is_complete(f)]
+    if missing:
+        raise AdapterNotFoundError(f"no adapter for users {missing[:5]} in {config.adapters_dir}; "
+                                   f"train them with oppu-hub train-users")
+    return folders
+
+
+def save_predictions(config: PredictConfig, split: LampSplit, predictions: dict[str, str]
+                     ) -> tuple[Path, dict[str, float] | None]:
+    """Write ``predictions`` as a LaMP file (``config.output`` or a name saying the method) and score them
+    against the split's golds when it has them."""
+    task = split.task
     path = Path(config.output) if config.output else Path(config.base_dir) / "predictions" / (
         f"{task.name}-{config.split}-k{config.k}{'-profile' if config.profile else ''}"
         f"{'-random' if config.random_history else ''}{'-oppu' if config.adapters_dir else ''}.json")
     write_predictions(task, predictions, path)
     golds = {q.id: q.gold for q in split.questions if q.id in predictions and q.gold is not None}
-    scores = score(task, predictions, golds) if golds else None
-    return predictions, path, scores
+    return path, (score(task, predictions, golds) if golds else None)
 
 
 def _generate_by_user_groups(generator: Generator, folders: dict[str, Path], owners: list[str],

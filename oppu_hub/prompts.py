@@ -82,17 +82,27 @@ def query_prompt(builder: PromptBuilder, question: Question, history: Sequence[M
     return builder.build(fields, retrieved, profile)
 
 
+HISTORY_FORMATS = ("full", "input", "output")
+
+
 def history_examples(builder: PromptBuilder, history: Sequence[Mapping[str, Any]], k: int = 0,
-                     profile: str | None = None) -> list[dict[str, str]]:
+                     profile: str | None = None, history_format: str = "full") -> list[dict[str, str]]:
     """A user's history as training examples, oldest first.
 
     Pair tasks give ``{"prompt", "completion"}`` rows whose prompt holds the top-``k`` items retrieved from the
     items strictly before that item; tasks without pairs (LaMP-1, LaMP-7) give ``{"text"}`` rows for
-    next-token pretraining on the history itself.
+    next-token pretraining on the history itself. ``history_format`` ``input`` / ``output`` (the paper's
+    Table 4 ablation, pair tasks only) trains by next-token prediction on only the items' inputs / outputs.
     """
     task = builder.task
+    if history_format not in HISTORY_FORMATS:
+        raise ValueError(f"unknown history_format {history_format!r}; expected one of {HISTORY_FORMATS}")
     if not task.has_pairs:
         return [{"text": task.item_text(item)} for item in history]
+    if history_format == "input":
+        return [{"text": task.query_text(task.item_fields(item))} for item in history]
+    if history_format == "output":
+        return [{"text": task.item_answer(item)} for item in history]
     rows = []
     for i, item in enumerate(history):
         fields = task.item_fields(item)

@@ -47,6 +47,9 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
         hub_store: where to push: ``hub:NAMESPACE``, a local store folder, or ``None`` for ``$OPPU_HUB_STORE``
             (else the local default store).
         max_history: train on at most the N most recent history items of a user.
+        history_format: ``full`` items, or only their ``input`` / ``output`` side (the paper's Table 4 ablation).
+        concurrent: train up to N users' LoRA adapters together in the same batches over the shared base
+            (:mod:`trainers.concurrent`); 1 trains users one after another with ``UserAdapterTrainer``.
     """
 
     base_dir: str = field(default="runs/base/LaMP-2N/k0", metadata={"help": "task-adapted base folder"})
@@ -58,10 +61,13 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     push_to_hub: bool = field(default=False, metadata={"help": "push each finished adapter to --hub_store"})
     hub_store: str | None = field(default=None, metadata={"help": "hub:NAMESPACE or a local store folder"})
     max_history: int | None = field(default=None, metadata={"help": "most recent N history items per user"})
+    history_format: str = field(default="full", metadata={"help": "full | input | output (pair tasks' items)"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
+    concurrent: int = field(default=1, metadata={"help": "train N users' LoRA adapters together (1: one by one)"})
 
     def adapters_dir(self) -> Path:
-        return Path(self.output_dir) / get_task(self.task).name / f"{self.variant}-{self.peft_type.lower()}"
+        suffix = "" if self.history_format == "full" else f"-{self.history_format}"
+        return Path(self.output_dir) / get_task(self.task).name / f"{self.variant}-{self.peft_type.lower()}{suffix}"
 
 
 class UserAdapterTrainer(SFTTrainer):
@@ -102,7 +108,7 @@ def newer_items(history: Sequence[Mapping[str, Any]], record: AdapterRecord) -> 
 def user_dataset(config: UserAdapterConfig, builder: PromptBuilder, history: Sequence[Mapping[str, Any]],
                  profile: str | None) -> Dataset:
     """A user's training rows: prompt/completion pairs, or plain text for next-token pretraining."""
-    rows = history_examples(builder, history, config.k, profile)
+    rows = history_examples(builder, history, config.k, profile, config.history_format)
     if not rows:
         raise ValueError("the user has no history to train on")
     return Dataset.from_list(rows)
@@ -172,6 +178,13 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
     report = UserRunReport()
     datasets.disable_progress_bars()
     bar = tqdm(users, desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}", unit="user")
+    if config.concurrent > 1 and config.peft_type == "LORA":  # several users per batch (trainers/concurrent.py)
+        from .concurrent import train_users_concurrent
+
+        train_users_concurrent(config, model, tokenizer, fingerprint, split, users, profiles, out, report, on_done, bar)
+        bar.close()
+        datasets.enable_progress_bars()
+        return report
     for user_id in bar:
         bar.set_postfix_str(user_id[:24])
         folder = out / safe_name(user_id)

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 from .. import __version__
 
 # Modules of this package that define ``register(subparsers)``.
-COMMAND_MODULES = ("data", "train", "predict", "hub", "demo", "space")
+COMMAND_MODULES = ("data", "train", "predict", "hub", "demo", "space", "evaluation")
 
 T = TypeVar("T")
 

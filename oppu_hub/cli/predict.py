@@ -9,18 +9,26 @@ from . import add_command, config_from_args
 
 
 def register(subparsers: Any) -> None:
+    from ..distributed import RayOptions
     from ..inference import PredictConfig
 
     add_command(subparsers, "predict", _predict,
                 "predict the queries of a split with the base, retrieval, profile and/or users' adapters",
-                PredictConfig)
+                PredictConfig, RayOptions)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..distributed import RayOptions
     from ..inference import PredictConfig, predict
 
     config = config_from_args(PredictConfig, args)
-    predictions, path, scores = predict(config)
+    ray_options = config_from_args(RayOptions, args)
+    if ray_options.enabled:
+        from ..distributed import predict_on_ray
+
+        predictions, path, scores = predict_on_ray(config, ray_options)
+    else:
+        predictions, path, scores = predict(config)
     print(f"{len(predictions)} predictions written to {path}")
     if scores:
         print("  ".join(f"{name}={value:.4f}" for name, value in scores.items()))

@@ -11,13 +11,14 @@ from . import add_command, config_from_args
 def register(subparsers: Any) -> None:
     from trainers import BaseTaskConfig, UserAdapterConfig
 
+    from ..distributed import RayOptions
     from ..profiles import ProfileConfig
 
     add_command(subparsers, "train-base", _train_base,
                 "task-adapt the base model on the training users (LoRA, merged into a model folder)", BaseTaskConfig)
     add_command(subparsers, "train-users", _train_users,
                 "train one PEFT adapter per user on their history (skips finished users, resumes)",
-                UserAdapterConfig)
+                UserAdapterConfig, RayOptions)
     add_command(subparsers, "profiles", _profiles,
                 "write each user's textual profile with an instruction-following LM (cached)", ProfileConfig)
 
@@ -33,8 +34,16 @@ def _train_base(args: argparse.Namespace) -> int:
 def _train_users(args: argparse.Namespace) -> int:
     from trainers import UserAdapterConfig, train_users
 
+    from ..distributed import RayOptions
+
     config = config_from_args(UserAdapterConfig, args)
-    report = train_users(config)
+    ray_options = config_from_args(RayOptions, args)
+    if ray_options.enabled:
+        from ..distributed import train_users_on_ray
+
+        report = train_users_on_ray(config, ray_options)
+    else:
+        report = train_users(config)
     print(f"adapters in {config.adapters_dir()}: {len(report.trained)} trained, {len(report.updated)} updated, "
           f"{len(report.skipped)} skipped, {len(report.failed)} failed")
     for user, error in report.failed.items():

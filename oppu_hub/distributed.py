@@ -1,0 +1,392 @@
+"""Scale-out on Ray: ``train-users --ray`` and ``predict --ray`` over many machines.
+
+The work is embarrassingly parallel per user, so there is no scheduler here: Ray places a pool of actors (one per
+worker slot, each with the base loaded once) and the driver hands each idle actor the next user. Every actor runs
+the single-machine per-user code (:func:`trainers.user.train_user`, :func:`oppu_hub.inference.predict`), so the
+adapters are identical and keep its semantics: written atomically into ``output_dir`` (which must be shared
+storage), finished users skipped on re-runs, an interrupted user resumed from its epoch checkpoint.
+
+A worker that dies mid-user (process killed, node lost) leaves no partial adapter: the driver puts the user back at
+the head of the queue for the next free actor (up to ``max_retries`` times, then it is recorded as failed in
+``run.json``) and replaces the dead actor with a fresh one that Ray places wherever resources are free.
+
+Ray is imported only here and only when ``--ray`` is given (``pip install 'oppu-hub[ray]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from trainers.user import UserAdapterConfig, UserRunReport
+
+    from .inference import PredictConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RayOptions:
+    """Running a command on a Ray cluster (``--ray``).
+
+    Args:
+        ray: run on Ray. ``--ray`` alone joins the cluster in ``$RAY_ADDRESS`` or the latest one started on this
+            machine (``ray start --head``), else starts a local one; ``--ray HOST:PORT`` joins that cluster,
+            ``--ray auto`` requires an existing one, ``--ray local`` always starts a fresh local one.
+        num_workers: actors (each with its own copy of the base); default: as many as the cluster's CPUs/GPUs fit.
+        cpus_per_worker: CPUs each actor reserves (also its torch threads).
+        gpus_per_worker: GPUs each actor reserves (fractions share a GPU); default 1 when the cluster has GPUs,
+            else 0.
+        max_retries: how often a user is retried after its worker died (and how often a dead actor is replaced).
+    """
+
+    ray: str | None = field(default=None, metadata={
+        "nargs": "?", "const": "", "help": "run on Ray: --ray (local or $RAY_ADDRESS) or --ray HOST:PORT"})
+    num_workers: int | None = field(default=None, metadata={"help": "Ray actors (default: what the cluster fits)"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs per Ray actor (its torch threads too)"})
+    gpus_per_worker: float | None = field(default=None, metadata={
+        "help": "GPUs per Ray actor (default: 1 when the cluster has GPUs, else 0)"})
+    max_retries: int = field(default=2, metadata={"help": "retries of a user whose Ray worker died"})
+
+    @property
+    def enabled(self) -> bool:
+        return self.ray is not None
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+
+
+def _quiet_worker(threads: int) -> None:
+    import warnings
+
+    import datasets
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(max(1, threads))
+
+
+class UserTrainWorker:
+    """A Ray actor body: the base loaded once, then :func:`trainers.user.train_user` for user after user."""
+
+    def __init__(self, config: UserAdapterConfig, threads: int = 1) -> None:
+        self.config = config
+        self.init_error: str | None = None
+        try:
+            _quiet_worker(threads)
+            from .data import load_task_split
+            from .models import BaseModelConfig, load_base, model_fingerprint
+            from .profiles import ProfileStore
+            from .store import open_store
+
+            self.split = load_task_split(config.data_dir, config.task, config.split)
+            self.model, self.tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
+            self.fingerprint = model_fingerprint(self.model)
+            self.profiles = ProfileStore(config.profiles_dir, config.task) if config.profile else None
+            self.store = open_store(config.hub_store) if config.push_to_hub else None
+        except Exception as e:  # reported by ready(): the driver drops this worker
+            self.init_error = f"{type(e).__name__}: {e}"
+
+    def ready(self) -> str | None:
+        return self.init_error
+
+    def run(self, user_id: str) -> dict[str, Any]:
+        from trainers.user import train_user
+
+        from .io import safe_name
+        from .store import push_adapter
+
+        start = time.perf_counter()
+        try:
+            if self.init_error:
+                raise RuntimeError(f"worker could not start: {self.init_error}")
+            folder = self.config.adapters_dir() / safe_name(user_id)
+            profile = self.profiles.get(user_id) if self.profiles else None
+            outcome = train_user(self.config, self.model, self.tokenizer, self.fingerprint, user_id,
+                                 self.split.user_history(user_id), folder, profile)
+            if outcome != "skipped" and self.store is not None:
+                push_adapter(folder, self.store)
+            result: dict[str, Any] = {"outcome": outcome}
+        except Exception as e:  # one user's failure must not stop the others
+            result = {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}
+        result.update(seconds=round(time.perf_counter() - start, 2), host=socket.gethostname(), pid=os.getpid())
+        return result
+
+
+class PredictWorker:
+    """A Ray actor body: one :class:`~oppu_hub.inference.Generator`, predicting a group of users per call."""
+
+    def __init__(self, config: PredictConfig, threads: int = 1) -> None:
+        self.config = config
+        self.init_error: str | None = None
+        try:
+            _quiet_worker(threads)
+            from .inference import Generator
+            from .models import BaseModelConfig, load_base
+
+            self.generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
+        except Exception as e:
+            self.init_error = f"{type(e).__name__}: {e}"
+
+    def ready(self) -> str | None:
+        return self.init_error
+
+    def run(self, users: list[str]) -> dict[str, Any]:
+        from .inference import predict
+
+        start = time.perf_counter()
+        try:
+            if self.init_error:
+                raise RuntimeError(f"worker could not start: {self.init_error}")
+            with tempfile.TemporaryDirectory() as tmp:
+                config = dataclasses.replace(self.config, users=list(users), max_users=None,
+                                             output=str(Path(tmp) / "predictions.json"))
+                predictions, _, _ = predict(config, self.generator)
+            result: dict[str, Any] = {"outcome": "done", "predictions": predictions}
+        except Exception as e:
+            result = {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        return result
+
+
+# ---------------------------------------------------------------------------------------------- the actor pool
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions) -> Iterator[Any]:
+    """The ``ray`` module, connected per ``options.ray``; an existing connection (``ray.init`` by the caller) is
+    reused and left open, one made here is shut down on exit."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--ray needs Ray: pip install 'oppu-hub[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        address = options.ray or None
+        kwargs: dict[str, Any] = {"configure_logging": False, "log_to_driver": True}
+        if address in (None, "local"):
+            kwargs["include_dashboard"] = False  # only used when a local instance gets started
+        ray.init(address=address, **kwargs)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def worker_count(ray: Any, options: RayOptions, n_items: int) -> tuple[int, float]:
+    """(actors to start, GPUs per actor): ``num_workers`` capped to what the cluster's resources fit now."""
+    resources = ray.cluster_resources()
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    fit = int(resources.get("CPU", 0) // options.cpus_per_worker) if options.cpus_per_worker > 0 else n_items
+    if gpus > 0:
+        fit = min(fit, int(resources.get("GPU", 0) // gpus))
+    if fit < 1:
+        raise ValueError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot "
+                         f"fit one worker of {options.cpus_per_worker} CPUs and {gpus} GPUs")
+    wanted = options.num_workers or fit
+    if wanted > fit:
+        logger.warning("the Ray cluster fits %d workers, not %d", fit, wanted)
+    return max(1, min(wanted, fit, n_items)), gpus
+
+
+def pool_map(ray: Any, worker_cls: type, init_args: tuple[Any, ...], items: Mapping[Hashable, Any],
+             options: RayOptions, workers: int, gpus: float) -> Iterator[tuple[Hashable, dict[str, Any]]]:
+    """Run ``worker.run(items[key])`` for every key on a pool of ``workers`` actors, one key in flight per actor;
+    yields ``(key, result)`` as results arrive.
+
+    An actor that dies (its process killed, its node lost) is replaced by a fresh one, which Ray places wherever
+    the resources are, up to ``options.max_retries`` times per pool slot; the key it was running goes back to the
+    head of the queue for the next free actor, up to ``options.max_retries`` times, then is yielded as failed. An
+    actor whose base cannot load (``ready()`` returns the error) is dropped; if none can, ``RuntimeError``.
+    """
+    from ray.exceptions import RayActorError
+
+    remote = ray.remote(worker_cls).options(
+        num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+    actors: dict[int, Any] = {}
+    inflight: dict[Any, tuple[int, Hashable | None]] = {}  # ref -> (pool slot, key; None for a ready() probe)
+    pending: deque[Hashable] = deque(items)
+    attempts: Counter[Hashable] = Counter()
+    deaths: Counter[int] = Counter()
+    errors: list[str] = []
+    started = 0
+
+    def spawn(i: int) -> None:
+        actors[i] = remote.remote(*init_args)
+        inflight[actors[i].ready.remote()] = (i, None)
+
+    idle: set[int] = set()
+
+    def submit(i: int) -> None:
+        if pending:
+            key = pending.popleft()
+            inflight[actors[i].run.remote(items[key])] = (i, key)
+            idle.discard(i)
+        else:
+            idle.add(i)
+
+    for i in range(workers):
+        spawn(i)
+    try:
+        # Stop when no work is left in flight: a replacement actor that cannot be placed must not hang the run.
+        while inflight and (pending or any(key is not None for _, key in inflight.values())):
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            i, key = inflight.pop(ref)
+            try:
+                value = ray.get(ref)
+            except RayActorError as e:
+                deaths[i] += 1
+                errors.append(f"WorkerDied: {type(e).__name__}")
+                logger.warning("Ray worker %d died%s: %s", i, f" while on {key}" if key is not None else "", e)
+                if key is not None:
+                    attempts[key] += 1
+                    if attempts[key] > options.max_retries:
+                        yield key, {"outcome": "failed", "seconds": 0.0,
+                                    "error": f"WorkerDied: its Ray worker died {attempts[key]} times"}
+                    else:
+                        pending.appendleft(key)  # an idle actor, else the next one to finish, takes it
+                        for j in list(idle)[:1]:
+                            submit(j)
+                ray.kill(actors.pop(i))
+                idle.discard(i)
+                if deaths[i] <= options.max_retries:
+                    spawn(i)
+            else:
+                if key is not None:
+                    yield key, value
+                    submit(i)
+                elif value:  # ready() reported that the base could not load
+                    errors.append(value)
+                    logger.warning("Ray worker %d could not start: %s", i, value)
+                    ray.kill(actors.pop(i))
+                    idle.discard(i)
+                else:
+                    started += 1
+                    submit(i)
+            if not actors:
+                break
+        if pending:
+            reason = errors[-1] if errors else "no worker"
+            if not started:
+                raise RuntimeError(f"no Ray worker could start: {reason}")
+            for key in list(pending):
+                yield key, {"outcome": "failed", "seconds": 0.0, "error": f"NoWorkerLeft: {reason}"}
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------------------------- the commands
+
+
+def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRunReport:
+    """:func:`trainers.user.train_users` on a Ray cluster: same adapters, same ``run.json`` and report."""
+    from trainers.user import UserRunReport
+
+    from .adapters import is_complete
+    from .data import load_task_split
+    from .io import remove_stale_temps, safe_name, write_json
+    from .tasks import get_task
+
+    task = get_task(config.task)
+    users = load_task_split(config.data_dir, task, config.split).select_users(config.users, config.max_users)
+    out = config.adapters_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    report = UserRunReport()
+    todo = []
+    for user in users:
+        if not config.update and is_complete(out / safe_name(user)):
+            report.skipped.append(user)
+            report.seconds[user] = 0.0
+        else:
+            todo.append(user)
+
+    def save() -> None:
+        write_json(out / "run.json", dataclasses.asdict(report))
+
+    bar = tqdm(total=len(users), initial=len(report.skipped), unit="user",
+               desc=f"train-users --ray {task.name} {config.variant}-{config.peft_type.lower()}")
+    try:
+        if todo:
+            with ray_session(options) as ray:
+                workers, gpus = worker_count(ray, options, len(todo))
+                bar.set_postfix_str(f"{workers} workers")
+                threads = max(1, int(options.cpus_per_worker))
+                for user, result in pool_map(ray, UserTrainWorker, (config, threads), {u: u for u in todo},
+                                             options, workers, gpus):
+                    if result["outcome"] == "failed":
+                        logger.warning("user %s failed: %s", user, result["error"])
+                        report.failed[str(user)] = result["error"]
+                    else:
+                        getattr(report, result["outcome"]).append(user)
+                    report.seconds[str(user)] = result["seconds"]
+                    save()
+                    bar.update(1)
+    finally:
+        bar.close()
+    order = {u: n for n, u in enumerate(users)}
+    for name in ("trained", "updated", "skipped"):
+        getattr(report, name).sort(key=order.__getitem__)
+    report.failed = dict(sorted(report.failed.items(), key=lambda kv: order[kv[0]]))
+    report.seconds = dict(sorted(report.seconds.items(), key=lambda kv: order[kv[0]]))
+    save()
+    remove_stale_temps(out)  # temporary folders of workers that died mid-save (their users were redone)
+    return report
+
+
+def predict_on_ray(config: PredictConfig, options: RayOptions) -> tuple[dict[str, str], Path,
+                                                                          dict[str, float] | None]:
+    """:func:`oppu_hub.inference.predict` on a Ray cluster: groups of users per actor, one file and scores."""
+    from .data import load_task_split
+    from .inference import adapter_folders, save_predictions
+    from .tasks import get_task
+
+    task = get_task(config.task)
+    split = load_task_split(config.data_dir, task, config.split)
+    users = split.select_users(config.users, config.max_users)
+    if config.adapters_dir:
+        adapter_folders(config, users)  # fail before starting any worker
+    results: dict[int, dict[str, str]] = {}
+    failed: dict[int, str] = {}
+    with ray_session(options) as ray:
+        workers, gpus = worker_count(ray, options, len(users))
+        size = max(1, min(config.max_adapters, math.ceil(len(users) / workers)))
+        groups = {n: users[start:start + size] for n, start in enumerate(range(0, len(users), size))}
+        threads = max(1, int(options.cpus_per_worker))
+        with tqdm(total=len(users), unit="user", desc=f"predict --ray {task.name}") as bar:
+            for n, result in pool_map(ray, PredictWorker, (config, threads), groups, options, workers, gpus):
+                if result["outcome"] == "failed":
+                    failed[n] = result["error"]
+                else:
+                    results[n] = result["predictions"]
+                bar.update(len(groups[n]))
+    if failed:
+        n, error = next(iter(failed.items()))
+        raise RuntimeError(f"prediction failed for {sum(len(groups[g]) for g in failed)} users "
+                           f"(e.g. {groups[n][:3]}): {error}")
+    predictions = {q: p for n in sorted(results) for q, p in results[n].items()}
+    return (predictions, *save_predictions(config, split, predictions))

@@ -13,6 +13,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Training settings that make a tiny random Llama learn a user's label in seconds.
+FAST = dict(task="LaMP-2N", per_device_train_batch_size=3, logging_steps=1, precision="fp32")
+LEARN = dict(FAST, learning_rate=0.02, num_train_epochs=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -101,3 +105,18 @@ def make_random_adapter(base_dir: Path, folder: Path, *, seed: int = 1, user_id:
     AdapterRecord(user_id=user_id, task=task, base_model=str(base_dir), base_fingerprint=fingerprint,
                   **record).save(folder)
     return folder
+
+
+def user_config(data: Path, base: Path, out: Path, **kw: object):
+    """A ``UserAdapterConfig`` with the fast tiny-model settings (``LEARN``), overridable."""
+    from trainers import UserAdapterConfig
+
+    return UserAdapterConfig(**{**LEARN, "data_dir": str(data), "base_dir": str(base), "output_dir": str(out), **kw})
+
+
+def logits(model, tokenizer, text: str = "article: harbor story category:"):
+    """The model's logits for ``text`` (no grad)."""
+    import torch
+
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits

@@ -10,7 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_lamp2n
+from conftest import FAST, logits, make_lamp2n, user_config
 from oppu_hub.adapters import AdapterRecord, is_complete
 from oppu_hub.data import load_task_split
 from oppu_hub.inference import PredictConfig, predict
@@ -19,18 +19,6 @@ from oppu_hub.tasks import get_task
 from trainers import UserAdapterConfig, UserAdapterTrainer, train_users
 from trainers.common import sft_config
 from trainers.concurrent import UserJob, lr_factor, tokenize_rows, train_lora_users
-
-FAST = dict(task="LaMP-2N", per_device_train_batch_size=3, logging_steps=1, precision="fp32")
-LEARN = dict(FAST, learning_rate=0.02, num_train_epochs=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
-
-
-def user_config(data, base, out, **kw):
-    return UserAdapterConfig(**{**LEARN, "data_dir": str(data), "base_dir": str(base), "output_dir": str(out), **kw})
-
-
-def logits(model, tokenizer, text="article: harbor story category:"):
-    with torch.no_grad():
-        return model(**tokenizer(text, return_tensors="pt")).logits
 
 
 @pytest.fixture(scope="module")

@@ -506,7 +506,7 @@ def train_users_concurrent(config: Any, model: nn.Module, tokenizer: Any, finger
     from oppu_hub.adapters import is_complete
     from oppu_hub.io import safe_name, write_json
 
-    from .user import train_user
+    from .user import run_user
 
     task = get_task(config.task)
     builder = PromptBuilder(task, tokenizer, config.max_prompt_length)
@@ -563,14 +563,9 @@ def train_users_concurrent(config: Any, model: nn.Module, tokenizer: Any, finger
 
     train_lora_users(config, config.peft_config(), model, tokenizer, jobs(), config.concurrent, on_result)
     for user_id in updates:  # continuing existing adapters: the sequential path (few new items each)
-        folder = out / safe_name(user_id)
         start = time.perf_counter()
         try:
-            profile = profiles.get(user_id) if profiles else None
-            outcome = train_user(config, model, tokenizer, fingerprint, user_id, split.user_history(user_id),
-                                 folder, profile)
-            if outcome != "skipped" and on_done is not None:
-                on_done(user_id, folder)
+            outcome = run_user(config, model, tokenizer, fingerprint, split, profiles, out, user_id, on_done)
             finish(user_id, outcome, time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001
             finish(user_id, None, time.perf_counter() - start, e)

@@ -20,7 +20,7 @@ from transformers import PrinterCallback, set_seed
 from trl import SFTTrainer
 
 from oppu_hub.adapters import AdapterRecord, is_complete
-from oppu_hub.data import load_task_split
+from oppu_hub.data import LampSplit, load_task_split
 from oppu_hub.io import atomic_dir, remove_stale_temps, safe_name, write_json
 from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
 from oppu_hub.profiles import ProfileStore
@@ -187,15 +187,10 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
         return report
     for user_id in bar:
         bar.set_postfix_str(user_id[:24])
-        folder = out / safe_name(user_id)
         start = time.perf_counter()
         try:
-            profile = profiles.get(user_id) if profiles else None
-            outcome = train_user(config, model, tokenizer, fingerprint, user_id, split.user_history(user_id),
-                                 folder, profile)
-            getattr(report, outcome).append(user_id)
-            if outcome != "skipped" and on_done is not None:
-                on_done(user_id, folder)
+            getattr(report, run_user(config, model, tokenizer, fingerprint, split, profiles, out, user_id,
+                                     on_done)).append(user_id)
         except Exception as e:  # one user's failure must not stop the others
             logger.warning("user %s failed: %s", user_id, e)
             report.failed[user_id] = f"{type(e).__name__}: {e}"
@@ -203,6 +198,19 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
         write_json(out / "run.json", dataclasses.asdict(report))
     datasets.enable_progress_bars()
     return report
+
+
+def run_user(config: UserAdapterConfig, model: Any, tokenizer: Any, fingerprint: str, split: LampSplit,
+             profiles: ProfileStore | None, out: Path, user_id: str,
+             on_done: Callable[[str, Path], None] | None) -> str:
+    """One user of a multi-user run: their profile and history, :func:`train_user`, then ``on_done`` for a new
+    or updated adapter. Returns ``trained``, ``updated`` or ``skipped``; errors propagate to the caller."""
+    folder = out / safe_name(user_id)
+    profile = profiles.get(user_id) if profiles else None
+    outcome = train_user(config, model, tokenizer, fingerprint, user_id, split.user_history(user_id), folder, profile)
+    if outcome != "skipped" and on_done is not None:
+        on_done(user_id, folder)
+    return outcome
 
 
 def _unload(peft_model: Any) -> None:

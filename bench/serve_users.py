@@ -18,9 +18,7 @@ adapter folders. Prints a table and writes ``bench/results/serve_users.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _report import save_report  # noqa: E402
 
 from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
@@ -122,11 +122,7 @@ def main() -> None:
         print(f"| {r['mode']} | {r['batch']} | {r['seconds']} | {r['tokens_per_s']} | "
               f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['requests_per_s']} | {r['p50_s']} | {r['p95_s']} | "
               f"{r['same_outputs_as_swap']}/{args.requests} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(date=dt.datetime.now().isoformat(timespec="seconds"), machine=platform.processor()
-                                   or platform.machine(), threads=torch.get_num_threads(), command=" ".join(sys.argv),
-                                   results=results), indent=2))
+    save_report(args.out, results=results)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ Prints a table and writes ``bench/results/train_users.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _report import save_report  # noqa: E402
 
 from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
@@ -135,11 +135,7 @@ def main() -> None:
         print(f"| {r['mode']} | {r['dtype']} | {r['seconds']} | {r['users_per_hour']} | {r['tokens_per_s']} | "
               f"{r['users_per_hour'] / ref['users_per_hour']:.2f} | {r['gflops']} | {r['peak_fraction']:.0%} | "
               f"{r['mean_train_loss']} | {r['accuracy']} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(date=dt.datetime.now().isoformat(timespec="seconds"), machine=platform.processor()
-                                   or platform.machine(), threads=torch.get_num_threads(), command=" ".join(sys.argv),
-                                   users=users, tokens=tokens, params=params, peaks=peaks, results=results), indent=2))
+    save_report(args.out, users=users, tokens=tokens, params=params, peaks=peaks, results=results)
 
 
 if __name__ == "__main__":

@@ -110,21 +110,17 @@ class UserTrainWorker:
         return self.init_error
 
     def run(self, user_id: str) -> dict[str, Any]:
-        from trainers.user import train_user
+        from trainers.user import run_user
 
-        from .io import safe_name
         from .store import push_adapter
 
         start = time.perf_counter()
         try:
             if self.init_error:
                 raise RuntimeError(f"worker could not start: {self.init_error}")
-            folder = self.config.adapters_dir() / safe_name(user_id)
-            profile = self.profiles.get(user_id) if self.profiles else None
-            outcome = train_user(self.config, self.model, self.tokenizer, self.fingerprint, user_id,
-                                 self.split.user_history(user_id), folder, profile)
-            if outcome != "skipped" and self.store is not None:
-                push_adapter(folder, self.store)
+            push = (lambda _user, folder: push_adapter(folder, self.store)) if self.store is not None else None
+            outcome = run_user(self.config, self.model, self.tokenizer, self.fingerprint, self.split, self.profiles,
+                               self.config.adapters_dir(), user_id, push)
             result: dict[str, Any] = {"outcome": outcome}
         except Exception as e:  # one user's failure must not stop the others
             result = {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,10 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 class AdapterBaseMismatchError(ValueError):
     """An adapter is being loaded onto a base model other than the one it was trained on."""
+
+
+class AdapterSettingMismatchError(ValueError):
+    """An adapter is used with prompts of another k / profile / history format than it was trained with."""
 
 
 class AdapterNotFoundError(FileNotFoundError):
@@ -36,6 +42,7 @@ class AdapterRecord:
         peft_type: ``LORA``, ``IA3`` or ``PROMPT_TUNING``.
         k: retrieved history items in each training prompt.
         profile: whether training prompts carried the user's profile text.
+        history_format: ``full`` items, or only their ``input`` / ``output`` side.
         num_history_items: history items trained on (cumulative over ``--update`` runs).
         last_item_id / last_item_date: the newest history item seen (``--update`` trains on newer ones).
         train_loss: final training loss of the last run.
@@ -50,6 +57,7 @@ class AdapterRecord:
     peft_type: str = "LORA"
     k: int = 0
     profile: bool = False
+    history_format: str = "full"
     num_history_items: int = 0
     last_item_id: str | None = None
     last_item_date: str | None = None
@@ -78,6 +86,25 @@ def is_complete(folder: str | Path) -> bool:
     return all((folder / name).is_file() for name in (*PEFT_FILES, RECORD_FILE))
 
 
+def adapter_identity(folder: str | Path) -> str:
+    """What makes two adapter folders the same adapter: the resolved folder plus a hash of its PEFT files and
+    record. A reloaded folder with new weights (``--update``, a new Hub revision) gets a new identity."""
+    folder = Path(folder).resolve()
+    h = hashlib.sha256(str(folder).encode())
+    for name in (*PEFT_FILES, RECORD_FILE):
+        h.update(b"\0" + name.encode() + b"\0" + (folder / name).read_bytes())
+    return h.hexdigest()
+
+
+def adapter_name(user_id: str) -> str:
+    """A peft adapter name for a user id: peft names are ``ModuleDict`` keys, so no dots (``"j.smith"``) and only
+    ``[A-Za-z0-9_-]``; a short hash of the id keeps changed names distinct."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", user_id).strip("_") or "user"
+    if name == user_id and len(name) <= 64:
+        return name
+    return f"{name[:55]}_{hashlib.sha1(user_id.encode()).hexdigest()[:8]}"
+
+
 def check_base(record: AdapterRecord, base_fingerprint: str, *, where: str = "") -> None:
     """Raise :class:`AdapterBaseMismatchError` unless the adapter was trained on this base."""
     if record.base_fingerprint != base_fingerprint:
@@ -85,6 +112,19 @@ def check_base(record: AdapterRecord, base_fingerprint: str, *, where: str = "")
             f"adapter {where or record.user_id!r} was trained on base {record.base_model!r} "
             f"(fingerprint {record.base_fingerprint}) but the loaded base has fingerprint {base_fingerprint}; "
             f"load the base it was trained on")
+
+
+def check_setting(record: AdapterRecord, *, k: int, profile: bool, history_format: str = "full",
+                  where: str = "") -> None:
+    """Raise :class:`AdapterSettingMismatchError` unless the adapter was trained with prompts of this k, profile
+    setting and history format (the paper pairs each column with adapters trained the same way)."""
+    want = {"k": k, "profile": profile, "history_format": history_format}
+    have = {"k": record.k, "profile": record.profile, "history_format": record.history_format}
+    if want != have:
+        diff = ", ".join(f"{key}={have[key]!r} (requested {want[key]!r})" for key in want if want[key] != have[key])
+        raise AdapterSettingMismatchError(
+            f"adapter {where or record.user_id!r} was trained with {diff}; train adapters with the requested "
+            f"setting, or pass --allow_setting_mismatch to use it anyway")
 
 
 def _version() -> str:

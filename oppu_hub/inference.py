@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import AdapterNotFoundError, AdapterRecord, check_base, is_complete
+from .adapters import (
+    AdapterNotFoundError,
+    AdapterRecord,
+    adapter_identity,
+    adapter_name,
+    check_base,
+    check_setting,
+    is_complete,
+)
 from .data import LampSplit, load_task_split, write_predictions
 from .io import safe_name
 from .metrics import score
@@ -43,35 +51,50 @@ class Generator:
         self.tokenizer.padding_side = "left"
         self.max_adapters = max_adapters
         self.fingerprint = model_fingerprint(model)
-        self._resident: OrderedDict[str, str] = OrderedDict()  # adapter name -> folder
+        self._resident: OrderedDict[str, str] = OrderedDict()  # adapter name -> adapter_identity(folder)
         self._peft_type: str | None = None
 
     def load(self, folder: str | Path, name: str | None = None) -> str:
-        """Make the adapter in ``folder`` resident (checking it belongs to this base); returns its name."""
+        """Make the adapter in ``folder`` resident (checking it belongs to this base); returns its name.
+
+        Residency is keyed on the adapter's identity (:func:`adapter_identity`), not its name: another folder,
+        or the same folder with new weights (``--update``, a new Hub revision), replaces the resident copy."""
         from peft import PeftModel
 
         folder = Path(folder)
         if not is_complete(folder):
             raise AdapterNotFoundError(f"no complete adapter in {folder}")
-        name = name or safe_name(folder.name)
-        if name in self._resident:
+        name = name or adapter_name(folder.name)
+        identity = adapter_identity(folder)
+        if self._resident.get(name) == identity:
             self._resident.move_to_end(name)
             return name
         record = AdapterRecord.from_folder(folder)
         check_base(record, self.fingerprint, where=str(folder))
         if self._peft_type not in (None, record.peft_type):
             raise ValueError(f"cannot mix {record.peft_type} and {self._peft_type} adapters on one base")
+        if name in self._resident:  # stale weights under this name
+            self._evict(name)
         if self.model is self.base:
             self.model = PeftModel.from_pretrained(self.base, folder, adapter_name=name)
             self.model.eval()
         else:
             self.model.load_adapter(folder, adapter_name=name)
         self._peft_type = record.peft_type
-        self._resident[name] = str(folder)
+        self._resident[name] = identity
         while len(self._resident) > self.max_adapters:
-            old, _ = self._resident.popitem(last=False)
-            self.model.delete_adapter(old)
+            self._evict(next(iter(self._resident)))
         return name
+
+    def _evict(self, name: str) -> None:
+        """Delete a resident adapter; the last one leaves the plain base behind (peft keeps at least one)."""
+        del self._resident[name]
+        if self._resident:
+            self.model.delete_adapter(name)
+            return
+        if self._peft_type != "PROMPT_TUNING":  # remove the injected layers; prompt tuning injects none
+            self.model.unload()
+        self.model, self._peft_type = self.base, None
 
     @property
     def resident(self) -> list[str]:
@@ -133,6 +156,9 @@ class PredictConfig:
         k: BM25-retrieved history items in each prompt.
         profile: put the user's profile text in each prompt.
         random_history: fill the ``k`` history slots with random items of other users (the baseline).
+        history_format: the history format the adapters must have been trained with (``full``/``input``/``output``).
+        allow_setting_mismatch: use adapters trained with another k / profile / history format than requested
+            (refused by default: each method pairs with adapters trained the same way).
         users / max_users: restrict to these users / the first N users.
         output: prediction file (LaMP format); default ``{base_dir}/predictions/...``.
         batch_size: prompts per ``generate`` call.
@@ -148,6 +174,9 @@ class PredictConfig:
     profile: bool = field(default=False, metadata={"help": "put the user's profile in the prompt"})
     profiles_dir: str = field(default="runs/profiles", metadata={"help": "profile cache"})
     random_history: bool = field(default=False, metadata={"help": "k random items of other users instead"})
+    history_format: str = field(default="full", metadata={"help": "history format the adapters were trained with"})
+    allow_setting_mismatch: bool = field(default=False, metadata={
+        "help": "use adapters trained with another k/profile/history format than requested"})
     users: list[str] | None = field(default=None, metadata={"help": "only these user ids"})
     max_users: int | None = field(default=None, metadata={"help": "only the first N users"})
     output: str | None = field(default=None, metadata={"help": "prediction file to write (LaMP format)"})
@@ -196,12 +225,17 @@ def predict(config: PredictConfig, generator: Generator | None = None) -> tuple[
 
 
 def adapter_folders(config: PredictConfig, users: Sequence[str]) -> dict[str, Path]:
-    """Each user's adapter folder under ``config.adapters_dir``; every one must be complete."""
+    """Each user's adapter folder under ``config.adapters_dir``; every one must be complete and, unless
+    ``allow_setting_mismatch``, trained with the requested k / profile / history format."""
     folders = {u: Path(config.adapters_dir or "") / safe_name(u) for u in users}
     missing = [u for u, f in folders.items() if not is_complete(f)]
     if missing:
         raise AdapterNotFoundError(f"no adapter for users {missing[:5]} in {config.adapters_dir}; "
                                    f"train them with oppu-hub train-users")
+    if not config.allow_setting_mismatch:
+        for folder in folders.values():
+            check_setting(AdapterRecord.from_folder(folder), k=config.k, profile=config.profile,
+                          history_format=config.history_format, where=str(folder))
     return folders
 
 
@@ -227,7 +261,7 @@ def _generate_by_user_groups(generator: Generator, folders: dict[str, Path], own
     for start in tqdm(range(0, len(users), step), desc=f"predict {task.name}", unit="group",
                       disable=len(users) <= step):
         group = set(users[start:start + step])
-        names = {u: generator.load(folders[u], safe_name(u)) for u in group}
+        names = {u: generator.load(folders[u], adapter_name(u)) for u in group}
         rows = [i for i, u in enumerate(owners) if u in group]
         texts = generator.generate([prompts[i] for i in rows], [names[owners[i]] for i in rows],
                                    task.max_new_tokens, config.batch_size)

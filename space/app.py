@@ -2,8 +2,12 @@
 
 Pick a task, a user who has an adapter, and one of their held-out queries (gold shown) or free text; the four
 columns are the non-personalized base, base + BM25 retrieval (k), base + the user's adapter (OPPU) and OPPU +
-retrieval, each with its latency. One base stays in memory; adapters are loaded on demand into the
-``Generator``'s LRU, so switching users never reloads the base.
+retrieval, each with its latency. As in the paper (and ``oppu-hub eval``), each column uses a base and adapters
+trained with that column's prompts: ``{variant}`` in the base and adapter paths is ``k0`` for the first and third
+column and ``k{k}`` for the others; a column whose model was trained another way says so instead of answering.
+At most two bases (k=0 and k) stay in memory; adapters are loaded on demand into each ``Generator``'s LRU (keyed
+on the adapter's content, so a retrained or newly pushed adapter replaces the old one), so switching users never
+reloads a base.
 
 Run locally with ``make space`` / ``oppu-hub space`` (or ``python space/app.py``); deploy as a Hugging Face
 Space with ``OPPU_HUB_STORE=hub:NAMESPACE`` (see README.md). Heavy imports (torch, gradio) are done lazily so
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +36,10 @@ class SpaceConfig:
 
     Args:
         data_dir: LaMP-format data (``{data_dir}/{task}/{split}_questions.json``).
-        base_dir: the base the adapters were trained on (folder or Hub id).
-        adapters_dir: a folder of users' adapters (``train-users`` output) or a store spec (``hub:NAMESPACE``).
+        base_dir: the task-adapted base (folder or Hub id); ``{variant}`` is the column's prompt variant (``k0``,
+            ``k1``...), so each column gets the base trained with its prompts.
+        adapters_dir: a folder of users' adapters (``train-users`` output, ``{variant}`` as above) or a store spec
+            (``hub:NAMESPACE``: one adapter per user and task, used by the column its ``oppu.json`` k matches).
         task: the task shown first; tasks with data (and, for a folder, adapters) are offered.
         split: whose users and held-out queries are shown.
         k: default retrieval depth.
@@ -42,12 +48,13 @@ class SpaceConfig:
 
     data_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_DATA", "runs/demo/data"),
                           metadata={"help": "LaMP-format data folder (env OPPU_HUB_DATA)"})
-    base_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_BASE", "runs/demo/base/{task}/k0"),
-                          metadata={"help": "base model folder or Hub id; {task} is replaced (env OPPU_HUB_BASE)"})
+    base_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_BASE", "runs/demo/base/{task}/{variant}"),
+                          metadata={"help": "base model folder or Hub id; {task} and {variant} (k0, k1...) are "
+                                            "replaced (env OPPU_HUB_BASE)"})
     adapters_dir: str = field(
-        default_factory=lambda: os.environ.get("OPPU_HUB_STORE", "runs/demo/users/{task}/k0-lora"),
-        metadata={"help": "users' adapters folder ({task} is replaced) or a store spec hub:NAMESPACE "
-                          "(env OPPU_HUB_STORE)"})
+        default_factory=lambda: os.environ.get("OPPU_HUB_STORE", "runs/demo/users/{task}/{variant}-lora"),
+        metadata={"help": "users' adapters folder ({task} and {variant} are replaced) or a store spec "
+                          "hub:NAMESPACE (env OPPU_HUB_STORE)"})
     task: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_TASK", "LaMP-2N"),
                       metadata={"help": "task shown first (env OPPU_HUB_TASK)"})
     split: str = field(default="test", metadata={"help": "split whose users and queries are shown"})
@@ -69,16 +76,18 @@ def _is_store(spec: str) -> bool:
     return spec.startswith(STORE_PREFIXES) or spec in ("hub", "hf")
 
 
+def _fill(template: str, task: str, k: int) -> str:
+    return template.replace("{task}", task).replace("{variant}", f"k{k}")
+
+
 class Backend:
     """Data, adapters and the one resident base behind the UI (usable without Gradio)."""
 
     def __init__(self, config: SpaceConfig) -> None:
         self.config = config
         self._splits: dict[str, Any] = {}
-        self._generator: Any = None
-        self._generator_base: str | None = None
+        self._generators: OrderedDict[str, Any] = OrderedDict()  # base path -> Generator (k=0 and k)
         self._store: Any = None
-        self._pulled: dict[tuple[str, str], Path] = {}
         self._lock = threading.Lock()
         self.base_loads = 0
 
@@ -154,48 +163,56 @@ class Backend:
             self._store = open_store(self.config.adapters_dir)
         return self._store
 
-    def _adapters_root(self, task: str) -> Path:
-        return Path(self.config.adapters_dir.replace("{task}", task))
+    def _adapters_root(self, task: str, k: int = 0) -> Path:
+        return Path(_fill(self.config.adapters_dir, task, k))
 
-    def generator(self, task: str) -> Any:
-        """The resident base for ``task`` (loaded once; replaced only when a task needs another base)."""
+    def generator(self, task: str, k: int = 0) -> Any:
+        """The resident base trained with ``k``-item prompts for ``task`` (loaded once; at most two stay)."""
         from oppu_hub.inference import Generator
         from oppu_hub.models import BaseModelConfig, load_base
+        from trainers.base import read_base_record
 
-        base = self.config.base_dir.replace("{task}", task)
-        if self._generator is None or self._generator_base != base:
-            self._generator = None
+        base = _fill(self.config.base_dir, task, k)
+        if base not in self._generators:
+            record = read_base_record(base) if Path(base).is_dir() else {}
+            if record and (record.get("k"), record.get("profile")) != (k, False):
+                raise SpaceError(f"the base {base!r} was trained with {record.get('variant')} prompts, not k{k}: "
+                                 f"put {{variant}} in --base_dir")
+            while len(self._generators) >= 2:
+                self._generators.popitem(last=False)
             try:
-                self._generator = Generator(*load_base(BaseModelConfig(base)), max_adapters=self.config.max_adapters)
+                self._generators[base] = Generator(*load_base(BaseModelConfig(base)),
+                                                   max_adapters=self.config.max_adapters)
             except (OSError, RuntimeError, ValueError) as e:
                 raise SpaceError(f"cannot load base model {base!r}: {e}") from e
-            self._generator_base = base
             self.base_loads += 1
-        return self._generator
+        self._generators.move_to_end(base)
+        return self._generators[base]
 
-    def adapter_folder(self, task: str, user: str) -> Path:
-        from oppu_hub.adapters import AdapterNotFoundError, is_complete
+    def adapter_folder(self, task: str, user: str, k: int = 0) -> Path:
+        """The user's adapter trained with ``k``-item prompts: from the folder, or the store's latest revision
+        (pulled each time, so a new push is picked up; unchanged files come from the local cache)."""
+        from oppu_hub.adapters import AdapterNotFoundError, AdapterRecord, check_setting, is_complete
         from oppu_hub.io import safe_name
 
         if not _is_store(self.config.adapters_dir):
-            folder = self._adapters_root(task) / safe_name(user)
+            folder = self._adapters_root(task, k) / safe_name(user)
             if not is_complete(folder):
-                raise AdapterNotFoundError(f"no adapter for user {user!r} in {self._adapters_root(task)}")
-            return folder
-        if (task, user) not in self._pulled:
+                raise AdapterNotFoundError(f"no adapter for user {user!r} in {self._adapters_root(task, k)}")
+        else:
             store = self.store()
             try:
-                self._pulled[(task, user)] = store.pull(store.repo_id(user, task))
+                folder = store.pull(store.repo_id(user, task))
             except Exception as e:  # store errors: not found, auth, connection
                 raise AdapterNotFoundError(f"no adapter for user {user!r} in {store.describe()}: {e}") from e
-        return self._pulled[(task, user)]
+        check_setting(AdapterRecord.from_folder(folder), k=k, profile=False, where=f"of {user!r}")
+        return folder
 
     # --- the comparison -------------------------------------------------------------------------------
     def compare(self, task: str, user: str, mode: str, qid: str | None, free_text: str, k: int) -> dict[str, Any]:
         """Answers of the four methods with latencies, the retrieved items and notes for the UI."""
-        from oppu_hub.adapters import AdapterBaseMismatchError, AdapterNotFoundError
+        from oppu_hub.adapters import AdapterNotFoundError
         from oppu_hub.inference import clean_answer
-        from oppu_hub.io import safe_name
         from oppu_hub.prompts import PromptBuilder
         from oppu_hub.retrieval import BM25Retriever
         from oppu_hub.tasks import get_task
@@ -228,30 +245,24 @@ class Backend:
                 raise SpaceError("the query is empty: pick one of the user's held-out queries, or use free text")
             q = self.question(t.name, user, qid)
             fields, history, gold = q.fields(t), q.profile, q.gold
-        notes = []
+        notes: list[str] = []
+        retrieved = BM25Retriever(t, history).retrieve(t.query_text(fields), k)
+        results = []
         with self._lock:
-            generator = self.generator(t.name)
-            retrieved = BM25Retriever(t, history).retrieve(t.query_text(fields), k)
-            builder = PromptBuilder(t, generator.tokenizer, self.config.max_prompt_length)
-            plain, rag = builder.build(fields), builder.build(fields, retrieved)
-            adapter = None
-            try:
-                adapter = generator.load(self.adapter_folder(t.name, user), safe_name(user))
-            except AdapterNotFoundError as e:
-                notes.append(f"No adapter for this user: {e}")
-            except AdapterBaseMismatchError as e:
-                notes.append(f"Adapter/base mismatch: {e}")
-            except ValueError as e:
-                notes.append(f"Adapter cannot be loaded: {e}")
-            results = []
-            for method, prompt, use_adapter in zip(METHODS, (plain, rag, plain, rag), (False, False, True, True),
-                                                   strict=True):
-                if use_adapter and adapter is None:
-                    results.append({"method": method, "answer": f"(unavailable) {notes[-1]}", "raw": "",
-                                    "seconds": None})
+            for method, col_k, use_adapter in zip(METHODS, (0, k, 0, k), (False, False, True, True), strict=True):
+                try:
+                    generator = self.generator(t.name, col_k)
+                    adapter = self._load_adapter(generator, t.name, user, col_k) if use_adapter else None
+                except (SpaceError, AdapterNotFoundError, ValueError) as e:
+                    note = _unavailable_note(e)
+                    if note not in notes:
+                        notes.append(note)
+                    results.append({"method": method, "answer": f"(unavailable) {note}", "raw": "", "seconds": None})
                     continue
+                builder = PromptBuilder(t, generator.tokenizer, self.config.max_prompt_length)
+                prompt = builder.build(fields, retrieved if col_k else ())
                 start = time.perf_counter()
-                raw = generator.generate([prompt], [adapter if use_adapter else None], t.max_new_tokens)[0]
+                raw = generator.generate([prompt], [adapter], t.max_new_tokens)[0]
                 results.append({"method": method, "answer": clean_answer(t, raw), "raw": raw,
                                 "seconds": time.perf_counter() - start})
         if k > 0 and not retrieved:
@@ -261,6 +272,26 @@ class Backend:
                 "retrieved": [(i + 1, round(r.score, 3) if r.score is not None else None, str(r.item.get("date", "")),
                                str(r.item.get(t.label_key, "")) if t.label_key else "",
                                t.history_line(r.item)[:200]) for i, r in enumerate(retrieved)]}
+
+
+    def _load_adapter(self, generator: Any, task: str, user: str, k: int) -> str:
+        from oppu_hub.adapters import adapter_name
+
+        return generator.load(self.adapter_folder(task, user, k), f"{adapter_name(user)}-k{k}")
+
+
+def _unavailable_note(error: Exception) -> str:
+    from oppu_hub.adapters import AdapterBaseMismatchError, AdapterNotFoundError, AdapterSettingMismatchError
+
+    if isinstance(error, AdapterNotFoundError):
+        return f"No adapter for this user: {error}"
+    if isinstance(error, AdapterBaseMismatchError):
+        return f"Adapter/base mismatch: {error}"
+    if isinstance(error, AdapterSettingMismatchError):
+        return f"Adapter trained for another column: {error}"
+    if isinstance(error, SpaceError):
+        return str(error)
+    return f"Adapter cannot be loaded: {error}"
 
 
 # --- the UI --------------------------------------------------------------------------------------------------

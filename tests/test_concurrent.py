@@ -18,7 +18,8 @@ from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 from trainers import UserAdapterConfig, UserAdapterTrainer, train_users
 from trainers.common import sft_config
-from trainers.concurrent import UserJob, lr_factor, tokenize_rows, train_lora_users
+from trainers.common import lr_factor, warmup_steps
+from trainers.concurrent import UserJob, tokenize_rows, train_lora_users
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def saved(folder):
 
 def test_tokenization_matches_sfttrainer(tiny_base, tok, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
-    args = sft_config(UserAdapterConfig(**FAST), tmp_path, save_strategy="no")
+    args = sft_config(UserAdapterConfig(**FAST), tmp_path, 1, save_strategy="no")
     for row in ({"prompt": "article: a b c category:", "completion": " politics"}, {"text": "a tweet about flying"}):
         batch = next(iter(UserAdapterTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]),
                                              processing_class=tok).get_train_dataloader()))
@@ -182,9 +183,9 @@ def test_train_users_concurrent_records_failures_and_updates(data, tiny_base, tm
 def test_lr_schedule_matches_transformers():
     from transformers import get_linear_schedule_with_warmup
 
-    for total in (1, 2, 7, 40):
+    for total in (1, 2, 7, 19, 20, 40):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        sched = get_linear_schedule_with_warmup(opt, -(-total * 5 // 100), total)
+        sched = get_linear_schedule_with_warmup(opt, warmup_steps(total), total)
         for step in range(total):
             assert abs(opt.param_groups[0]["lr"] - lr_factor(step, total)) < 1e-9
             opt.step()

@@ -1,11 +1,12 @@
 """Generation on one base with many users' adapters: mixed batches, LRU residency, base/adapter checks."""
 
 import pytest
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_random_adapter
-from oppu_hub.adapters import AdapterBaseMismatchError, AdapterNotFoundError
+from oppu_hub.adapters import AdapterBaseMismatchError, AdapterNotFoundError, adapter_name
 from oppu_hub.inference import Generator, clean_answer
 from oppu_hub.models import load_base
 from oppu_hub.tasks import get_task
@@ -50,6 +51,43 @@ def test_lru_keeps_at_most_max_adapters(tiny_base, adapters):
     gen.load(adapters[0])
     assert gen.resident == ["user1", "user0"]
     assert gen.generate(["hi"], ["user0"], 4) == [alone(tiny_base, adapters[0], "hi", 4)]
+
+
+def next_token_logits(gen, name, prompt="article: harbor story category:"):
+    batch = gen.tokenizer([prompt], return_tensors="pt")
+    with torch.no_grad():
+        if name is None:
+            return gen.base(**batch).logits[0, -1]
+        gen.model.set_adapter(name)
+        return gen.model(**batch).logits[0, -1]
+
+
+def test_same_name_other_folder_or_new_weights_replaces_the_resident_adapter(tiny_base, tmp_path):
+    gen = Generator(*load_base(str(tiny_base)))
+    first = make_random_adapter(tiny_base, tmp_path / "run1" / "alice", seed=1, user_id="alice")
+    second = make_random_adapter(tiny_base, tmp_path / "run2" / "alice", seed=2, user_id="alice")
+    assert gen.load(first, "alice") == "alice"
+    before = next_token_logits(gen, "alice")
+    assert torch.equal(next_token_logits(gen, "alice"), before)  # deterministic, so a change below is real
+    gen.load(second, "alice")  # another folder under the same name (e.g. another sweep setting)
+    after = next_token_logits(gen, "alice")
+    assert not torch.allclose(before, after)
+    assert gen.generate(["hi"], ["alice"], 4) == [alone(tiny_base, second, "hi", 4)]
+    assert gen.resident == ["alice"]
+    make_random_adapter(tiny_base, first, seed=3, user_id="alice")  # new weights in the same folder (--update)
+    gen.load(first, "alice")
+    assert gen.generate(["hi"], ["alice"], 4) == [alone(tiny_base, first, "hi", 4)]
+    gen.load(first, "alice")  # unchanged: stays resident, same weights
+    assert gen.generate(["hi"], ["alice"], 4) == [alone(tiny_base, first, "hi", 4)]
+
+
+def test_dotted_user_ids_get_valid_adapter_names(tiny_base, tmp_path):
+    gen = Generator(*load_base(str(tiny_base)))
+    folders = [make_random_adapter(tiny_base, tmp_path / uid, seed=i, user_id=uid)
+               for i, uid in enumerate(["j.smith", "j-smith"])]
+    names = [gen.load(f, adapter_name(f.name)) for f in folders]
+    assert "." not in names[0] and len(set(names)) == 2
+    assert gen.generate(["hi", "hi"], names, 4) == [alone(tiny_base, f, "hi", 4) for f in folders]
 
 
 def test_wrong_base_and_missing_adapter(tiny_base, adapters, tmp_path):

@@ -40,16 +40,19 @@ def space(tmp_path_factory, tiny_base):
     from trainers import UserAdapterConfig, train_users
 
     data = make_lamp2n(tmp_path_factory.mktemp("space-data"), {"train": 2, "test": 3})
-    config = UserAdapterConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base),
-                               output_dir=str(tmp_path_factory.mktemp("space-users")), users=["u2", "u3"],
-                               per_device_train_batch_size=3, logging_steps=1, precision="fp32",
-                               learning_rate=0.02, num_train_epochs=8,
-                               target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
-    report = train_users(config)
-    assert sorted(report.trained) == ["u2", "u3"] and not report.failed
+    users = tmp_path_factory.mktemp("space-users")
+    for k in (0, 2):  # each column's adapters are trained with its prompts: OPPU k=0, OPPU + RAG k=2
+        config = UserAdapterConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base), k=k,
+                                   output_dir=str(users), users=["u2", "u3"],
+                                   per_device_train_batch_size=3, logging_steps=1, precision="fp32",
+                                   learning_rate=0.02, num_train_epochs=8,
+                                   target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+        report = train_users(config)
+        assert sorted(report.trained) == ["u2", "u3"] and not report.failed
     module = load_space()
-    cfg = module.SpaceConfig(data_dir=str(data), base_dir=str(tiny_base), adapters_dir=str(config.adapters_dir()),
-                             task="LaMP-2N", k=2, port=free_port())
+    cfg = module.SpaceConfig(data_dir=str(data), base_dir=str(tiny_base),
+                             adapters_dir=str(users / "LaMP-2N" / "{variant}-lora"), task="LaMP-2N", k=2,
+                             port=free_port())
     app = module.build_app(cfg)
     app.queue(default_concurrency_limit=1)
     app.launch(server_name="127.0.0.1", server_port=cfg.port, prevent_thread_lock=True, quiet=True)
@@ -67,7 +70,7 @@ def test_compare_api_four_methods(space):
     out = client.predict("LaMP-2N", "u2", module.HELD_OUT, "q2", "", 2, api_name="/compare")
     head, answers, latencies, table = out[0], out[1:5], out[5:9], out[9]
     assert "u2" in head and "gold" in head
-    assert all(isinstance(a, str) and a for a in answers)
+    assert all(isinstance(a, str) and a and "unavailable" not in a for a in answers)
     assert answers[2] != answers[0], answers  # the adapter changes the answer of the random base
     assert all(x.startswith("latency **") and " s**" in x for x in latencies)
     assert len(table["data"]) == 2 and table["headers"][1] == "BM25 score"
@@ -75,8 +78,10 @@ def test_compare_api_four_methods(space):
     out = client.predict("LaMP-2N", "u3", module.FREE_TEXT, None, "quantum story about the quantum", 1,
                          api_name="/compare")
     assert out[3] and out[7].startswith("latency **")
-    assert app.backend.base_loads == 1
-    assert sorted(app.backend.generator("LaMP-2N").resident) == ["u2", "u3"]
+    # no adapter was trained with k=1: OPPU + RAG (k=1) says so rather than answering with the k=2 or k=0 one
+    assert out[4].startswith("(unavailable)") and "k1-lora" in out[4] and out[8] == "latency: —"
+    assert app.backend.base_loads == 1  # one base folder serves every variant here
+    assert sorted(app.backend.generator("LaMP-2N").resident) == ["u2-k0", "u2-k2", "u3-k0"]
 
 
 def test_compare_errors_are_readable(space):
@@ -98,7 +103,7 @@ def test_adapter_base_mismatch_is_reported(space, tmp_path):
     import json
 
     module, app, _ = space
-    src = Path(app.backend.config.adapters_dir) / "u2"
+    src = Path(app.backend.config.adapters_dir.replace("{variant}", "k0")) / "u2"
     root = tmp_path / "adapters"
     shutil.copytree(src, root / "u2")
     record = json.loads((root / "u2" / "oppu.json").read_text())

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 from datasets import Dataset
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from conftest import FAST, logits, make_lamp2n, user_config
 from oppu_hub.adapters import AdapterRecord, is_complete
@@ -15,7 +15,7 @@ from oppu_hub.inference import PredictConfig, predict
 from oppu_hub.models import model_fingerprint
 from trainers import BaseTaskConfig, UserAdapterConfig, UserAdapterTrainer, train_base, train_users
 from trainers.base import read_base_record
-from trainers.common import sft_config
+from trainers.common import lr_factor, sft_config
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def trained(tmp_path_factory, data, tiny_base):
 def test_answer_only_mask_and_all_token_mask(tiny_base, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_base)
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
-    args = sft_config(UserAdapterConfig(**FAST), tmp_path, save_strategy="no")
+    args = sft_config(UserAdapterConfig(**FAST), tmp_path, 1, save_strategy="no")
     pairs = Dataset.from_list([{"prompt": "article: a b c category:", "completion": " politics"}])
     batch = next(iter(UserAdapterTrainer(model=model, args=args, train_dataset=pairs,
                                          processing_class=tok).get_train_dataloader()))
@@ -49,6 +49,47 @@ def test_answer_only_mask_and_all_token_mask(tiny_base, tmp_path):
                                          processing_class=tok).get_train_dataloader()))
     assert torch.equal(batch["labels"][0], batch["input_ids"][0])  # next-token pretraining: every token
     assert tok.decode(batch["input_ids"][0]) == "a tweet about flying" + tok.eos_token
+
+
+class UpdateRecorder(TrainerCallback):
+    """Records each optimizer update's learning rate and whether the trainable weights moved."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.moved: list[bool] = []
+        self._before: torch.Tensor | None = None
+
+    def _weights(self, model) -> torch.Tensor:
+        return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        self._before = self._weights(model)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kw):  # after step, before the scheduler
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self.moved.append(not torch.equal(self._before, self._weights(model)))
+
+
+@pytest.mark.parametrize("rows,batch,epochs", [(8, 4, 1), (6, 3, 3), (40, 2, 1)])
+def test_every_optimizer_step_is_a_real_update(tiny_base, tmp_path, rows, batch, epochs):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), UserAdapterConfig(**FAST).peft_config())
+    config = UserAdapterConfig(**{**FAST, "per_device_train_batch_size": batch, "num_train_epochs": epochs})
+    data = Dataset.from_list([{"prompt": f"article: item {i} category:", "completion": " politics"}
+                              for i in range(rows)])
+    recorder = UpdateRecorder()
+    trainer = UserAdapterTrainer(model=model, args=sft_config(config, tmp_path, rows, save_strategy="no"),
+                                 train_dataset=data, processing_class=tok, callbacks=[recorder])
+    trainer.train()
+    steps = epochs * -(-rows // batch)
+    assert len(recorder.lrs) == steps
+    assert recorder.lrs == pytest.approx([config.learning_rate * lr_factor(s, steps) for s in range(steps)])
+    if steps < 20:  # short runs: no warmup, so every update has a non-zero rate and moves the adapter
+        assert all(lr > 0 for lr in recorder.lrs) and all(recorder.moved)
+    else:  # long runs warm up from lr 0 for ceil(5%) of their steps
+        assert recorder.lrs[0] == 0 and all(lr > 0 for lr in recorder.lrs[1:]) and all(recorder.moved[1:])
 
 
 def test_user_adapter_learns_the_users_labels(data, tiny_base, trained):

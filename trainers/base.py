@@ -106,7 +106,7 @@ def train_base(config: BaseTaskConfig) -> Path:
     remove_stale_temps(target.parent)
     work_dir = target.parent / f".{target.name}.work"
     trainer = BaseTaskTrainer(
-        model=model, args=sft_config(config, work_dir), train_dataset=Dataset.from_list(rows),
+        model=model, args=sft_config(config, work_dir, len(rows)), train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, peft_config=config.peft_config())
     trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     record = {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -103,9 +104,37 @@ def bf16_available() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def sft_config(config: TrainingConfig, output_dir: str | Path, **overrides: Any) -> SFTConfig:
-    """An ``SFTConfig`` for ``config``: CPU when there is no CUDA, no activation checkpointing (small models),
-    no external reporting, one checkpoint kept (for resume)."""
+WARMUP_RATIO = 0.05
+MIN_WARMUP_RUN = 20  # optimizer steps; shorter runs get no warmup
+
+
+def optimizer_steps(config: TrainingConfig, num_rows: int) -> int:
+    """Optimizer updates a run over ``num_rows`` examples makes (as ``Trainer`` counts them)."""
+    batches = math.ceil(num_rows / config.per_device_train_batch_size)
+    per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
+    return max(1, math.ceil(config.num_train_epochs * per_epoch))
+
+
+def warmup_steps(total_steps: int) -> int:
+    """Linear-warmup steps of a run of ``total_steps`` updates: ``ceil(5%)``, but none below
+    ``MIN_WARMUP_RUN`` steps. ``transformers``' warmup starts at lr 0, so on a short user run even one warmup step
+    would waste a large share of its few real updates."""
+    return 0 if total_steps < MIN_WARMUP_RUN else math.ceil(WARMUP_RATIO * total_steps)
+
+
+def lr_factor(step: int, total: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based) of ``total``: ``transformers``' linear
+    schedule with :func:`warmup_steps` warmup. Without warmup every step, the last too, has a non-zero rate."""
+    warmup = warmup_steps(total)
+    if step < warmup:
+        return step / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def sft_config(config: TrainingConfig, output_dir: str | Path, num_rows: int, **overrides: Any) -> SFTConfig:
+    """An ``SFTConfig`` for ``config`` over ``num_rows`` training examples: CPU when there is no CUDA, no
+    activation checkpointing (small models), warmup by :func:`warmup_steps`, no external reporting, one
+    checkpoint kept (for resume)."""
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
     args: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -122,7 +151,7 @@ def sft_config(config: TrainingConfig, output_dir: str | Path, **overrides: Any)
         activation_checkpointing=False,
         gradient_checkpointing=False,
         lr_scheduler_type="linear",
-        warmup_steps=0.05,
+        warmup_steps=warmup_steps(optimizer_steps(config, num_rows)),
         report_to=[],
         save_strategy="epoch",
         save_total_limit=1,

@@ -17,7 +17,7 @@ How it works
 * **Per-user optimiser.** A vectorised AdamW over the stacked weights, elementwise identical to
   ``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-8, the Trainer's weight decay 0), with a per-slot step count,
   per-slot gradient-norm clipping (``max_grad_norm`` 1.0, as the Trainer) and a per-slot linear schedule with the
-  Trainer's warmup (``ceil(0.05 * steps)`` steps; the first update has lr 0, as in ``transformers``). A slot whose
+  Trainer path's warmup (:func:`trainers.common.lr_factor`: none below 20 steps). A slot whose
   user has no batch in a step does not step at all.
 * **Same data, same order, same init as alone.** Rows are tokenized as ``SFTTrainer`` does (EOS appended,
   completion-only labels, ``max_length`` truncation keeping the start, fully masked rows dropped). Each user's
@@ -65,14 +65,13 @@ from oppu_hub.io import atomic_dir
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 
-from .common import TrainingConfig, bf16_available
+from .common import TrainingConfig, bf16_available, lr_factor
 
 IGNORE = -100
 MAX_GRAD_NORM = 1.0
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 WEIGHT_DECAY = 0.0
-WARMUP_RATIO = 0.05
 
 
 # ---------------------------------------------------------------------------------------------- the layer
@@ -160,14 +159,6 @@ def batch_plan(n_rows: int, batch_size: int, epochs: float, seed: int) -> list[l
         perm = torch.randperm(n_rows, generator=gen).tolist()
         plan += [perm[i:i + batch_size] for i in range(0, n_rows, batch_size)]
     return plan[:total]
-
-
-def lr_factor(step: int, total: int) -> float:
-    """``transformers``' linear schedule with warmup ``ceil(0.05 * total)`` at optimizer step ``step`` (0-based)."""
-    warmup = math.ceil(total * WARMUP_RATIO)
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 # ---------------------------------------------------------------------------------------------- jobs & results
@@ -542,7 +533,8 @@ def train_users_concurrent(config: Any, model: nn.Module, tokenizer: Any, finger
                 last = history[-1]
                 record = dict(user_id=user_id, task=task.name, base_model=config.base_dir,
                               base_fingerprint=fingerprint, peft_type=config.peft_type, k=config.k,
-                              profile=config.profile, num_history_items=len(history), last_item_id=str(last["id"]),
+                              profile=config.profile, history_format=config.history_format,
+                              num_history_items=len(history), last_item_id=str(last["id"]),
                               last_item_date=str(last["date"]) if last.get("date") else None, training=training)
                 yield UserJob(user_id, rows, folder, record)
             except Exception as e:  # noqa: BLE001 - recorded as this user's failure

@@ -139,13 +139,14 @@ def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_finge
     work_dir = folder.parent / f".{folder.name}.work"
     try:
         trainer = UserAdapterTrainer(
-            model=peft_model, args=sft_config(config, work_dir, disable_tqdm=True, logging_steps=1),
+            model=peft_model, args=sft_config(config, work_dir, len(dataset), disable_tqdm=True, logging_steps=1),
             train_dataset=dataset, processing_class=tokenizer)
         trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
         last = items[-1]
         new_record = AdapterRecord(
             user_id=user_id, task=get_task(config.task).name, base_model=config.base_dir,
             base_fingerprint=base_fingerprint, peft_type=config.peft_type, k=config.k, profile=config.profile,
+            history_format=config.history_format,
             num_history_items=len(items) + (record.num_history_items if record else 0),
             last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
             train_loss=final_loss(trainer.state.log_history),

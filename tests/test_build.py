@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from oppu_hub.builders import BuildConfig, SourceError, TargetExistsError, build, format_summary
+from oppu_hub.builders import BuildConfig, EmptyBuildError, SourceError, TargetExistsError, build, format_summary
 from oppu_hub.builders.citations import parse_authors
 from oppu_hub.builders.news import first_author
 from oppu_hub.builders.papers import load_papers
 from oppu_hub.builders.tweets import plain_text
-from oppu_hub.data import SPLITS, load_task_split
+from oppu_hub.data import SPLITS, LampSplit, load_task_split
 from oppu_hub.tasks import MOVIE_TAGS, NEWS_CATEGORIES, get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +183,11 @@ def _cfg(src: Path, out: Path, **kw) -> BuildConfig:
     return BuildConfig(src, out, **{**base, **kw})
 
 
+def _user_split(out: Path, task: str, user: str) -> LampSplit:
+    """The split of ``out/task`` that holds ``user``."""
+    return next(d for d in (load_task_split(out, task, s) for s in SPLITS) if user in d.user_ids)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -209,13 +214,14 @@ def test_news_time_split_and_user_split(raw: Path, tmp_path: Path):
             earlier = sorted(d for t, (n, d, _) in truth.items() if n == name and d < qdate)
             assert dates == earlier
             assert all(truth[p["text"]][0] == name for p in q.profile)
-    # the latest item of each user is its query; test = the most active users
-    assert sorted(u for u in owners if owners[u] == "test") == ["alice-smith", "bob-jones"]
+    # the latest item of each user is its query; test + dev = the 3 most active users (half of the 6 eligible)
+    held = sorted(u for u in owners if owners[u] != "train")
+    assert held == ["alice-smith", "bob-jones", "carol-white"]
     assert len([u for u in owners if owners[u] == "dev"]) == 1
     assert "gus-grey" not in owners  # too little history
     m = manifests["LaMP-4"]
     assert m["counts"]["test"]["users"] == 2 and m["dropped"]["no author"] == 1
-    assert m["counts"]["test"]["history_max"] == 11
+    assert m["counts"]["train"]["history_max"] == 7  # dan-brown: 8 items
     assert "LaMP-4" in format_summary(manifests) and "test" in format_summary(manifests)
 
 
@@ -300,8 +306,8 @@ def test_reviews_repeated_text_never_leaks(raw: Path, tmp_path: Path):
     m = build(_cfg(raw, out, tasks=["LaMP-3"]), progress=False)["LaMP-3"]
     assert m["dropped"]["no review text"] == 1
     assert m["dropped"]["repeated text of the same user (earliest kept)"] == 1
-    test = load_task_split(out, "LaMP-3", "test")
-    assert [q.user_id for q in test.questions] == ["R4", "R5"]
+    test, dev = load_task_split(out, "LaMP-3", "test"), load_task_split(out, "LaMP-3", "dev")
+    assert sorted(test.user_ids + dev.user_ids) == ["R3", "R4", "R5"] and len(test.user_ids) == 2
     for q in test.questions:
         assert q.fields(get_task("LaMP-3"))["text"] not in {p["text"] for p in q.profile}
         assert q.gold in {"1", "2", "3", "4", "5"}
@@ -318,9 +324,136 @@ def test_max_history_keeps_most_recent_and_more_queries_per_user(raw: Path, tmp_
             assert b.profile == a.profile[-3:] and b.gold == a.gold
     two = tmp_path / "two"
     build(_cfg(raw, two, tasks=["LaMP-3"], queries_per_user=2), progress=False)
-    qs = load_task_split(two, "LaMP-3", "test").user_questions("R5")
-    assert len(qs) == 2 and len(qs[1].profile) == len(qs[0].profile) + 1
-    assert qs[0].fields(get_task("LaMP-3"))["text"] == qs[1].profile[-1]["text"]
+    one, split = _user_split(full, "LaMP-3", "R5"), _user_split(two, "LaMP-3", "R5")
+    qs = split.user_questions("R5")
+    # both queries share the profile before the earlier one: the Q=1 profile minus the new query
+    assert len(qs) == 2 and qs[0].profile == qs[1].profile == one.user_questions("R5")[0].profile[:-1]
+    assert [q.fields(get_task("LaMP-3"))["text"] for q in qs] == ["review 9 by 5", "review 10 by 5"]
+    assert split.user_history("R5") == qs[0].profile
+
+
+def test_queries_share_the_profile_before_the_earliest_query(raw: Path, tmp_path: Path):
+    truth = write_news(raw)
+    task = get_task("LaMP-4")
+    out, capped = tmp_path / "out", tmp_path / "capped"
+    build(_cfg(raw, out, tasks=["LaMP-4"], queries_per_user=3), progress=False)
+    build(_cfg(raw, capped, tasks=["LaMP-4"], queries_per_user=3, max_history=4), progress=False)
+    seen = set()
+    for split in SPLITS:
+        data, cut = load_task_split(out, task, split), load_task_split(capped, task, split)
+        for user in data.user_ids:
+            qs = data.user_questions(user)
+            name = truth[qs[0].fields(task)["text"]][0]
+            dates = sorted(d for n, d, _ in truth.values() if n == name)
+            # the user's 3 latest items are the queries, and all share the profile before the earliest one
+            assert sorted(truth[q.fields(task)["text"]][1] for q in qs) == dates[-3:]
+            assert all(q.profile == qs[0].profile for q in qs)
+            assert [p["date"] for p in qs[0].profile] == dates[:-3]
+            assert {q.gold for q in qs}.isdisjoint(p["title"] for p in qs[0].profile)
+            assert data.user_history(user) == qs[0].profile  # what the user adapter trains on
+            assert all(q.profile == qs[0].profile[-4:] for q in cut.user_questions(user))
+            seen.add(user)
+    assert len(seen) == 6 and "gus-grey" not in seen  # gus has 2 items: no query with >= 3 before it
+
+
+def test_every_task_with_several_queries_per_user_keeps_answers_out_of_profiles(raw: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    manifests = build(_cfg(raw, out, queries_per_user=2), progress=False)
+    answer_field = {"LaMP-4": "title", "LaMP-5": "title", "LaMP-7": "text"}  # tasks whose gold is an item text
+    for name in manifests:
+        task = get_task(name)
+        splits = {s: load_task_split(out, task, s) for s in SPLITS}
+        assert max(len(d.user_questions(u)) for d in splits.values() for u in d.user_ids) == 2, name
+        for data in splits.values():
+            for user in data.user_ids:
+                qs = data.user_questions(user)
+                assert all(q.profile == qs[0].profile for q in qs) and data.user_history(user) == qs[0].profile
+                if name in answer_field:
+                    assert {q.gold for q in qs}.isdisjoint(p[answer_field[name]] for p in qs[0].profile), name
+        if name in ("LaMP-4", "LaMP-5"):  # unique titles: no held-out answer in a lower-priority split
+            golds = {s: {q.gold for q in splits[s].questions} for s in SPLITS}
+            for split, below in (("test", ("dev", "train")), ("dev", ("train",))):
+                profiles = {p["title"] for s in below for q in splits[s].questions for p in q.profile}
+                assert not golds[split] & profiles, (name, split)
+
+
+def test_leak_guard_holds_every_query_of_a_user(tmp_path: Path):
+    src = tmp_path / "raw"
+    rows = [{"year": 2000 + k, "title": f"T{k}", "abstract": f"A{k}",
+             "authors": ["Ann Lee"] + (["Ben Kim"] if k >= 4 else [])}
+            for k in range(10)]  # Ann's two latest papers T8, T9 (her test queries) are Ben's too
+    rows.append({"year": 2020, "title": "Ben later", "abstract": "B", "authors": ["Ben Kim"]})
+    _gz_lines(src / "paperlists/paperlists_ml_nlp_cv.jsonl.gz", [json.dumps(r) for r in rows])
+    out = tmp_path / "out"
+    m = build(BuildConfig(src, out, tasks=["LaMP-5"], test_users=1, dev_users=0, min_history=3, queries_per_user=2,
+                          max_test_fraction=1.0), progress=False)["LaMP-5"]
+    test, train = load_task_split(out, "LaMP-5", "test"), load_task_split(out, "LaMP-5", "train")
+    ann = test.user_questions("ann-lee")
+    assert [q.gold for q in ann] == ["T8", "T9"]
+    assert [p["title"] for p in ann[0].profile] == [f"T{k}" for k in range(8)] and ann[1].profile == ann[0].profile
+    ben = train.user_questions("ben-kim")  # his queries were T9 and "Ben later"; T8 and T9 are removed
+    assert [q.gold for q in ben] == ["Ben later"]
+    assert [p["title"] for p in ben[0].profile] == ["T4", "T5", "T6", "T7"]
+    assert m["dropped"]["items removed: held-out query of a higher-priority split"] == 2
+    assert m["dropped"]["queries removed: held-out query of a higher-priority split"] == 1
+
+
+def _write_ranked_reviews(src: Path, n_users: int) -> dict[str, int]:
+    """Reviewers U00.. with 4, 5, 6... distinct reviews; returns {user: history before the last review}."""
+    lines, history = [], {}
+    for u in range(n_users):
+        user = f"U{u:02d}"
+        history[user] = 3 + u
+        for i in range(4 + u):
+            lines.append(json.dumps({"overall": float(1 + i % 5), "reviewerID": user, "asin": f"B{i}",
+                                     "reviewText": f"review {i} by {user}", "unixReviewTime": 1_400_000_000 + i}))
+    _gz_lines(src / "amazon_reviews_2018_5core/All_Beauty_5.json.gz", lines)
+    return history
+
+
+def test_dev_is_drawn_like_test_from_the_most_active_users(tmp_path: Path):
+    src = tmp_path / "raw"
+    history = _write_ranked_reviews(src, 40)
+    ranked = sorted(history, key=lambda u: -history[u])
+
+    def assign(out: str, **kw) -> dict[str, list[str]]:
+        build(BuildConfig(src, tmp_path / out, tasks=["LaMP-3"], min_history=3, **kw), progress=False)
+        return {s: load_task_split(tmp_path / out, "LaMP-3", s).user_ids for s in SPLITS}
+
+    users = assign("a", test_users=8, dev_users=4)
+    assert len(users["test"]) == 8 and len(users["dev"]) == 4 and not set(users["test"]) & set(users["dev"])
+    assert set(users["test"]) | set(users["dev"]) == set(ranked[:12])  # the pool: the 12 longest histories
+    assert sorted(users["train"]) == sorted(ranked[12:])
+    # one dev user from each quarter of the ranked pool, so dev histories spread like test's
+    assert sorted(ranked.index(u) // 3 for u in users["dev"]) == [0, 1, 2, 3]
+    assert min(history[u] for u in users["dev"]) >= min(history[u] for u in ranked[:12])
+    draws = {tuple(assign(f"seed{s}", test_users=8, dev_users=4, seed=s)["dev"]) for s in range(4)}
+    assert len(draws) > 1  # the seed draws dev
+    # a pool capped at half of the 40 users shrinks test and dev in proportion (20 * 20 / 120 -> 3 dev)
+    users = assign("capped", test_users=100, dev_users=20)
+    assert (len(users["test"]), len(users["dev"]), len(users["train"])) == (17, 3, 20)
+    assert set(users["test"]) | set(users["dev"]) == set(ranked[:20])
+
+
+def test_empty_build_fails_and_names_the_reason(tmp_path: Path):
+    src = tmp_path / "raw"
+    lines = []
+    for u in range(3):  # 8 reviews each, but only 4 distinct texts
+        for i in range(8):
+            lines.append(json.dumps({"overall": 5.0, "reviewerID": f"R{u}", "asin": f"B{i}",
+                                     "reviewText": f"review {i % 4} by {u}", "unixReviewTime": 1_400_000_000 + i}))
+    _gz_lines(src / "amazon_reviews_2018_5core/All_Beauty_5.json.gz", lines)
+    out = tmp_path / "out"
+    with pytest.raises(EmptyBuildError, match=r"LaMP-3: 0 eligible users: none of the 3 source users") as e:
+        build(BuildConfig(src, out, tasks=["LaMP-3"], min_history=5), progress=False)
+    assert "12 repeated text of the same user (earliest kept)" in str(e.value)
+    assert "3 users with fewer than 5 items before a possible query" in str(e.value)
+    assert not (out / "LaMP-3").exists()
+    _write_ranked_reviews(src, 1)  # one eligible user is no test split either (half of 1 user is 0)
+    with pytest.raises(EmptyBuildError, match=r"LaMP-3: 0 test users: max_test_fraction=0.5 of 1 eligible"):
+        build(BuildConfig(src, out, tasks=["LaMP-3"], min_history=3), progress=False)
+    _write_ranked_reviews(src, 4)
+    assert build(BuildConfig(src, out, tasks=["LaMP-3"], min_history=3), progress=False)["LaMP-3"]["status"] == "built"
 
 
 def test_lamp1_gold_is_the_cited_paper(raw: Path, tmp_path: Path):
@@ -423,6 +556,10 @@ def test_missing_and_malformed_sources(tmp_path: Path):
         build(BuildConfig(src, out, tasks=["LaMP-3"]), progress=False)
     with pytest.raises(ValueError, match="min_history"):
         BuildConfig(src, out, min_history=0)
+    with pytest.raises(ValueError, match="dev_users is a count"):
+        BuildConfig(src, out, dev_users=0.1)
+    with pytest.raises(ValueError, match="test_users >= 1"):
+        BuildConfig(src, out, test_users=0)
 
 
 def test_real_shared_data(tmp_path: Path):
@@ -431,12 +568,15 @@ def test_real_shared_data(tmp_path: Path):
     out = tmp_path / "out"
     manifests = build(BuildConfig(SHARED_DATA, out, tasks=["LaMP-2N", "LaMP-2M", "LaMP-1"]), progress=False)
     for name, m in manifests.items():
-        assert m["counts"]["test"]["users"] > 0 and m["counts"]["train"]["users"] > 0, name
-        ranked = sorted(m["counts"], key=lambda s: m["counts"][s]["history_mean"])
-        assert ranked[-1] == "test", f"{name}: test users should be the most active"
+        c = m["counts"]
+        assert c["test"]["users"] > 0 and c["dev"]["users"] > 0 and c["train"]["users"] > 0, name
+        # test and dev come from the most active users: no shorter history than any train user's
+        assert min(c["test"]["history_min"], c["dev"]["history_min"]) >= c["train"]["history_max"], name
         owners: dict[str, str] = {}
         for split in SPLITS:
             for q in load_task_split(out, name, split).questions:
                 assert owners.setdefault(q.user_id, split) == split
     assert manifests["LaMP-2N"]["dropped"]["category 'U.S. NEWS' has no LaMP-2N counterpart"] > 0
     assert manifests["LaMP-1"]["counts"]["test"]["users"] == 100
+    news = manifests["LaMP-2N"]["counts"]
+    assert news["test"]["users"] >= 40 and news["dev"]["users"] >= 10

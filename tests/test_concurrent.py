@@ -17,8 +17,7 @@ from oppu_hub.inference import PredictConfig, predict
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 from trainers import UserAdapterConfig, UserAdapterTrainer, train_users
-from trainers.common import sft_config
-from trainers.common import lr_factor, warmup_steps
+from trainers.common import lr_factor, sft_config, warmup_steps
 from trainers.concurrent import UserJob, tokenize_rows, train_lora_users
 
 
@@ -59,11 +58,13 @@ def test_tokenization_matches_sfttrainer(tiny_base, tok, tmp_path):
         assert mine.input_ids == batch["input_ids"][0].tolist() and mine.labels == batch["labels"][0].tolist()
 
 
-@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-12), (torch.float32, 1e-4)])
-def test_concurrent_equals_each_user_alone(data, tiny_base, tok, tmp_path, dtype, atol):
+@pytest.mark.parametrize(("dtype", "atol", "targets"), [(torch.float64, 1e-12, None), (torch.float32, 1e-4, None),
+                                                      (torch.float64, 1e-12, ["all-linear"])])
+def test_concurrent_equals_each_user_alone(data, tiny_base, tok, tmp_path, dtype, atol, targets):
     """In float64 the adapters agree to rounding; in float32 summation order moves them by ~1e-5 (Adam divides
     tiny gradients by their own size, so near-zero entries amplify rounding; lr is 0.01 per step here)."""
-    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2, learning_rate=0.01)
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2, learning_rate=0.01,
+                         **({"target_modules": targets} if targets else {}))
     model = AutoModelForCausalLM.from_pretrained(tiny_base).to(dtype)
     sizes = [6, 4, 5]  # users finish at different steps: slots are refilled mid-run
     alone = train_lora_users(config, config.peft_config(), model, tok,
@@ -83,6 +84,8 @@ def test_concurrent_equals_each_user_alone(data, tiny_base, tok, tmp_path, dtype
         for key in wa:
             assert torch.allclose(wa[key], wb[key], atol=atol, rtol=0), (key, (wa[key] - wb[key]).abs().max())
         assert any(w.abs().sum() > 0 for k, w in wa.items() if "lora_B" in k)  # it did train
+        if targets:  # all-linear: attention and MLP projections, never the LM head
+            assert any("mlp.down_proj" in k for k in wa) and not any("lm_head" in k for k in wa)
     # The base is left exactly as it came: no wrapped layers, frozen flags restored.
     assert not any("lora" in n or n.endswith(".A") for n, _ in model.named_parameters())
     assert all(p.requires_grad for p in model.parameters())

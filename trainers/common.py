@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "bf16", "fp32"]
 PeftType = Literal["LORA", "IA3", "PROMPT_TUNING"]
+ALL_LINEAR = "all-linear"
 
 
 @dataclass
@@ -68,7 +69,8 @@ class PeftOptions:
     Args:
         peft_type: ``LORA`` (default), ``IA3`` or ``PROMPT_TUNING``.
         lora_r / lora_alpha / lora_dropout: LoRA rank, scale and dropout (the paper: r=8, alpha=8).
-        target_modules: modules LoRA/IA3 wrap (the reference code: q_proj, v_proj).
+        target_modules: modules LoRA/IA3 wrap (the reference code: q_proj, v_proj); ``all-linear`` for every
+            linear layer but the LM head.
         num_virtual_tokens: soft-prompt length for prompt tuning.
     """
 
@@ -80,10 +82,15 @@ class PeftOptions:
                                       metadata={"help": "modules to adapt (LoRA, IA3)"})
     num_virtual_tokens: int = field(default=16, metadata={"help": "soft prompt length (prompt tuning)"})
 
+    def targets(self) -> str | list[str]:
+        """``target_modules`` as peft takes it: the string ``"all-linear"`` (every linear layer but the LM head)
+        or a list of module names."""
+        return ALL_LINEAR if list(self.target_modules) == [ALL_LINEAR] else list(self.target_modules)
+
     def peft_config(self) -> PeftConfig:
         if self.peft_type == "LORA":
             return LoraConfig(task_type=TaskType.CAUSAL_LM, r=self.lora_r, lora_alpha=self.lora_alpha,
-                              lora_dropout=self.lora_dropout, target_modules=list(self.target_modules))
+                              lora_dropout=self.lora_dropout, target_modules=self.targets())
         if self.peft_type == "IA3":
             # IA3 scales the attention projections and, as feed-forward module, the MLP's down projection.
             targets = [*self.target_modules, "down_proj"]

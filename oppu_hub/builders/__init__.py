@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..io import TargetExistsError, atomic_dir, read_json, write_json
 from ..tasks import Task, get_task
 from . import citations, movies, news, papers, reviews, tweets
-from .base import SourceData, SourceError, sha256_file
+from .base import EmptyBuildError, SourceData, SourceError, sha256_file
 from .split import (
     SPLIT_ORDER,
     assign_users,
@@ -35,10 +35,10 @@ from .split import (
     write_task_files,
 )
 
-__all__ = ["BUILDER_VERSION", "TASK_SOURCES", "BuildConfig", "SourceError", "TargetExistsError",
-           "available_tasks", "build", "build_task", "format_summary"]
+__all__ = ["BUILDER_VERSION", "TASK_SOURCES", "BuildConfig", "EmptyBuildError", "SourceError",
+           "TargetExistsError", "available_tasks", "build", "build_task", "format_summary"]
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,17 @@ class BuildConfig:
         out_dir: where task folders ``{out_dir}/{task}/`` are written.
         tasks: task names to build; ``None`` builds every task whose source files exist and skips the others
             with a note. An explicitly named task whose source is missing is an error.
-        test_users: how many of the most active users (longest history before their first query) form test;
-            the paper uses 100.
-        dev_users: dev users drawn with the seed from the non-test users: a count (>= 1) or a fraction of them
-            (< 1). At least one train user is always kept when two or more users remain.
-        queries_per_user: each user's latest N possible queries become questions (LaMP: 1).
-        min_history: a query needs at least this many earlier items of its user (>= 1).
-        max_history: cap on profile length (the most recent items are kept); ``None`` keeps all.
-        max_test_fraction: test never takes more than this fraction of the users (thin sources keep train
-            users); 1.0 lets ``test_users`` alone decide.
+        test_users: test users (>= 1; the paper uses 100), drawn with dev from the pool of the
+            ``test_users + dev_users`` most active users (longest history before their earliest query).
+        dev_users: dev users (a count >= 0), one drawn with the seed from each equal slice of that ranked pool,
+            so dev histories follow the test distribution; the rest of the pool is test. Default 20.
+        queries_per_user: each user's latest Q possible queries become questions, all with the one profile
+            before the earliest of them (LaMP: 1).
+        min_history: the earliest query needs at least this many earlier items of its user (>= 1).
+        max_history: cap on profile length (the most recent items before the earliest query); ``None`` keeps
+            all.
+        max_test_fraction: the test + dev pool never takes more than this fraction of the eligible users (test
+            and dev shrink in proportion, so thin sources keep train users); 1.0 lets the counts alone decide.
         seed: seeds the dev draw and LaMP-1's reference choice and option order.
         force: replace an existing task folder built with another config/sources (or not by this builder).
     """
@@ -98,12 +100,13 @@ class BuildConfig:
                             metadata={"help": "raw source data (default $OPPU_HUB_SOURCE or ../shared/data)"})
     out_dir: str = field(default="data", metadata={"help": "where {task}/{split}_*.json go"})
     tasks: list[str] | None = field(default=None, metadata={"help": "tasks to build (default: all available)"})
-    test_users: int = field(default=100, metadata={"help": "most active users that form the test split"})
-    dev_users: float = field(default=0.1, metadata={"help": "dev users: a count (>= 1) or a fraction (< 1)"})
-    queries_per_user: int = field(default=1, metadata={"help": "latest items per user that become queries"})
-    min_history: int = field(default=5, metadata={"help": "history items a query needs at least"})
+    test_users: int = field(default=100, metadata={"help": "test users, from the most active users"})
+    dev_users: int = field(default=20, metadata={"help": "dev users, drawn like test from the most active users"})
+    queries_per_user: int = field(default=1, metadata={
+        "help": "latest items per user that become queries (one shared profile before the earliest)"})
+    min_history: int = field(default=5, metadata={"help": "history items the earliest query needs at least"})
     max_history: int | None = field(default=None, metadata={"help": "keep at most the N most recent items"})
-    max_test_fraction: float = field(default=0.5, metadata={"help": "test takes at most this share of users"})
+    max_test_fraction: float = field(default=0.5, metadata={"help": "test + dev take at most this share of users"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     force: bool = field(default=False, metadata={"help": "replace task folders built with another config"})
     _names: tuple[str, ...] = field(init=False, repr=False, default=())
@@ -120,14 +123,13 @@ class BuildConfig:
                 self.tasks = [self.tasks]
             self._names = tuple(dict.fromkeys(get_task(t).name for t in self.tasks))
         checks = {
-            "test_users >= 0": self.test_users >= 0,
+            "test_users >= 1": self.test_users >= 1,
+            "dev_users is a count >= 0": isinstance(self.dev_users, int) and self.dev_users >= 0,
             "queries_per_user >= 1": self.queries_per_user >= 1,
             "min_history >= 1": self.min_history >= 1,
             "max_history is None or >= min_history": self.max_history is None
             or self.max_history >= self.min_history,
             "0 < max_test_fraction <= 1": 0 < self.max_test_fraction <= 1,
-            "dev_users is a count >= 1 or a fraction in [0, 1)": self.dev_users >= 0
-            and (self.dev_users < 1 or float(self.dev_users).is_integer()),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -207,8 +209,15 @@ def build_task(task: Task, config: BuildConfig, rels: list[str],
     data = TASK_SOURCES[task.name].load(Path(config.source_dir), config.seed)
     dropped: Counter[str] = Counter(data.dropped)
     users = timelines(data, config.queries_per_user, config.min_history, dropped)
+    if not users:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in dropped.most_common()) or "nothing dropped"
+        raise EmptyBuildError(f"{task.name}: 0 eligible users: none of the {len(data.users):,} source users has a "
+                              f"possible query after >= {config.min_history} distinct items (dropped: {reasons})")
     assignment = assign_users(users, test_users=config.test_users, dev_users=config.dev_users,
                               max_test_fraction=config.max_test_fraction, seed=config.seed, task=task.name)
+    if not assignment["test"]:
+        raise EmptyBuildError(f"{task.name}: 0 test users: max_test_fraction={config.max_test_fraction} of "
+                              f"{len(users)} eligible users leaves none")
     questions = make_questions(task, users, assignment, min_history=config.min_history,
                                max_history=config.max_history, dropped=dropped)
     with atomic_dir(folder, overwrite=True) as tmp:

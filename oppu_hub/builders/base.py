@@ -26,6 +26,10 @@ class SourceError(ValueError):
     """A raw source file is missing or malformed; the message names the file (and line where known)."""
 
 
+class EmptyBuildError(SourceError):
+    """The sources yield no eligible or no test user under the config; the message names the task and why."""
+
+
 @dataclass
 class Item:
     """One history item of one user.

@@ -1,16 +1,19 @@
 """The LaMP-style time-based split shared by every builder, and the writing of a task folder.
 
 1. Each user's items are sorted by ``(date, order)``; later copies of the same text (``Item.key``) are dropped.
-2. The user's latest ``queries_per_user`` items that can be queries and have at least ``min_history`` items
-   before them become queries; a query's profile is every item before it (the ``max_history`` most recent
-   when capped), so a profile item is never dated after its query and never is the query itself. Users
-   with no such item are left out.
-3. Users split by user: test = the ``test_users`` users with the longest history before their first query
-   (ties by user id), at most ``max_test_fraction`` of all users so thin sources keep train users; dev =
-   ``dev_users`` users drawn with the seed from the rest; train = the others.
-4. Leak guard for sources where one item belongs to several users (papers with coauthors): a test query item
-   is removed from dev and train users' items, a dev query item from train users' items (a train or dev query
-   that is such an item is dropped too), so no held-out answer is another split's training data.
+2. The user's latest ``queries_per_user`` (Q) items that can be queries and have at least ``min_history`` items
+   before them become queries. All of a user's queries share one profile: the items strictly before the
+   *earliest* query (the ``max_history`` most recent when capped), which is also the history a user adapter
+   trains on (:meth:`oppu_hub.data.LampSplit.user_history`). So no profile item is dated after any query of its
+   user, and no query is another query's history. Users with no such item are left out.
+3. Users split by user. Eligible users are ranked by history before their earliest query (ties by user id); the
+   top ``test_users + dev_users`` form a pool, capped at ``max_test_fraction`` of the users (the cap shrinks
+   test and dev in proportion) so thin sources keep train users. Dev takes one user, drawn with the seed, from
+   each of ``n_dev`` equal slices of the ranked pool, so dev and test histories follow one distribution; the
+   rest of the pool is test; train = the users outside the pool.
+4. Leak guard for sources where one item belongs to several users (papers with coauthors): every test query
+   item is removed from dev and train users' items, every dev query item from train users' items (a train or
+   dev query that is such an item is dropped too), so no held-out answer is another split's training data.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class UserTimeline:
 
     @property
     def history(self) -> int:
-        """Items before the first query (the activity measure used to pick test users)."""
+        """Items before the earliest query: the shared profile before ``max_history``, and the rank for test/dev."""
         return self.queries[0]
 
 
@@ -64,21 +67,20 @@ def timelines(data: SourceData, queries_per_user: int, min_history: int,
     return out
 
 
-def assign_users(users: dict[str, UserTimeline], *, test_users: int, dev_users: int | float,
+def assign_users(users: dict[str, UserTimeline], *, test_users: int, dev_users: int,
                  max_test_fraction: float, seed: int, task: str) -> dict[str, list[str]]:
     """Step 3: ``{split: sorted user ids}``."""
     ranked = sorted(users, key=lambda u: (-users[u].history, u))
-    n_test = min(test_users, int(max_test_fraction * len(ranked)))
-    test, rest = ranked[:n_test], sorted(ranked[n_test:])
-    if dev_users < 1:
-        n_dev = round(dev_users * len(rest))
-        if dev_users > 0 and len(rest) >= 2:
-            n_dev = max(n_dev, 1)
-    else:
-        n_dev = int(dev_users)
-    n_dev = min(n_dev, len(rest) - 1) if len(rest) > 1 else 0
-    dev = set(random.Random(f"{seed}:{task}:dev").sample(rest, n_dev))
-    return {"test": sorted(test), "dev": sorted(dev), "train": [u for u in rest if u not in dev]}
+    wanted = test_users + dev_users
+    n_pool = min(wanted, int(max_test_fraction * len(ranked)))
+    n_dev = round(n_pool * dev_users / wanted) if wanted else 0
+    if dev_users and n_pool >= 2:
+        n_dev = max(n_dev, 1)
+    n_dev = min(n_dev, max(n_pool - 1, 0))  # test keeps at least one user
+    pool = ranked[:n_pool]
+    rng = random.Random(f"{seed}:{task}:dev")
+    dev = {pool[rng.randrange(n_pool * k // n_dev, n_pool * (k + 1) // n_dev)] for k in range(n_dev)}
+    return {"test": sorted(u for u in pool if u not in dev), "dev": sorted(dev), "train": sorted(ranked[n_pool:])}
 
 
 def make_questions(task: Task, users: dict[str, UserTimeline], assignment: dict[str, list[str]], *,
@@ -108,13 +110,16 @@ def make_questions(task: Task, users: dict[str, UserTimeline], assignment: dict[
             if short:
                 dropped["queries removed: history below min_history after the leak guard"] += len(short)
                 positions = [i for i in positions if i >= min_history]
-            profile_items = [it.profile_item() for it in items[: positions[-1]]] if positions else []
+            if not positions:
+                continue
+            first = positions[0]  # every query's profile: the items before the user's earliest query
+            start = 0 if max_history is None else max(0, first - max_history)
+            profile = [it.profile_item() for it in items[start:first]]
             for pos in positions:
                 item = items[pos]
                 fields, gold = item.query  # type: ignore[misc]
-                start = 0 if max_history is None else max(0, pos - max_history)
                 questions[split].append(Question(
-                    id=str(counter), input=task.format_input(**fields), profile=profile_items[start:pos],
+                    id=str(counter), input=task.format_input(**fields), profile=list(profile),
                     user_id=user_id, gold=gold))
                 counter += 1
                 if split != "train":

@@ -1,64 +1,143 @@
-"""Sweep user-adapter learning rate and epochs on DEV users (never test users) and print a table.
+"""Sweep the user adapter on **dev** users (never test users) and record the choice (docs/tuning.md).
 
-    python bench/tune_users.py --data_dir runs/demo/data --base_dir runs/demo/base/LaMP-2N/k0 --task LaMP-2N
+Each setting is a full ``oppu-k0`` run of the eval pipeline on the dev split: the same task-adapted base, one
+adapter per dev user trained with that setting (content-addressed, so an interrupted sweep resumes and a finished
+setting is never retrained), predictions written in LaMP's format and scored from the files, with a fresh
+``Generator`` per adapter set. The label-prior baselines and ``np-k0`` are scored on the same queries for reference.
 
-Writes ``bench/results/tune_users-{task}.json``. Every configuration trains the same dev users from the same base;
-the score is on those users' held-out queries, compared with the base alone (lr 0: no adapter).
+Grids: ``full`` is every combination of ``--lrs x --epochs x --targets x --ranks``; ``staged`` (default, a third of
+the CPU time) sweeps lr x epochs at the first target and rank, then targets x ranks at the best lr and epochs.
+The best setting maximises the task's first metric (minimises it for MAE), ties going to the cheaper setting.
+
+    .venv/bin/python bench/tune_users.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/tune
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from oppu_hub.inference import Generator, PredictConfig, predict
-from oppu_hub.models import BaseModelConfig, load_base
+from transformers import HfArgumentParser
+
+from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
 from oppu_hub.tasks import get_task
-from trainers import UserAdapterConfig, train_users
+
+TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": ["all-linear"]}
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep. Args: tasks; lrs / epochs / targets (``qv``, ``all-linear``) / ranks: the grid; grid:
+    ``staged`` or ``full``; baselines: methods scored once for reference; out: where the JSON goes."""
+
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to tune"})
+    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3], metadata={"help": "learning rates"})
+    epochs: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0], metadata={"help": "epochs"})
+    targets: list[str] = field(default_factory=lambda: ["qv", "all-linear"], metadata={"help": "qv | all-linear"})
+    ranks: list[int] = field(default_factory=lambda: [8, 16], metadata={"help": "LoRA ranks"})
+    grid: str = field(default="staged", metadata={"help": "staged | full"})
+    baselines: list[str] = field(default_factory=lambda: ["majority", "user-majority", "copy-k1", "np-k0"],
+                                 metadata={"help": "reference methods scored once (those a task supports)"})
+    out: str = field(default="bench/results", metadata={"help": "folder of tune_users-{task}.json"})
+
+
+def setting_config(base: PipelineConfig, lr: float, epochs: float, target: str, rank: int) -> PipelineConfig:
+    return dataclasses.replace(base, user_lr=lr, user_epochs=epochs, target_modules=TARGETS[target], lora_r=rank,
+                               lora_alpha=rank)
+
+
+def better(task_name: str, a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Whether row ``a`` beats ``b``: the first metric, then the cheaper setting (fewer epochs, lower rank)."""
+    if b is None:
+        return True
+    task = get_task(task_name)
+    metric = task.metric_names[0]
+    sign = 1 if task.higher_is_better else -1
+    key = lambda r: (sign * round(r["scores"][metric], 6), -r["epochs"], -r["r"], r["target"] == "qv")  # noqa: E731
+    return key(a) > key(b)
+
+
+def run_setting(config: PipelineConfig, task: str, out: Path, **setting: Any) -> dict[str, Any]:
+    cfg = setting_config(config, **setting)
+    start = time.perf_counter()
+    tag = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in setting.items())
+    [row] = Pipeline(cfg, task).run(["oppu-k0"], out / tag)
+    return {**setting, "r": setting["rank"], "scores": row["scores"], "n_queries": row.get("n_queries"),
+            "seconds": round(time.perf_counter() - start, 1), "predictions": row["predictions"]}
+
+
+def sweep_task(config: PipelineConfig, sweep: SweepConfig, task: str) -> dict[str, Any]:
+    out = Path(config.workdir) / "sweep" / get_task(task).name
+    pipeline = Pipeline(config, task)
+    reference = [r for r in pipeline.run([m for m in sweep.baselines if pipeline.supports(m)], out / "reference")]
+    rows: list[dict[str, Any]] = []
+
+    def run(lr: float, epochs: float, target: str, rank: int) -> None:
+        if any((r["lr"], r["epochs"], r["target"], r["rank"]) == (lr, epochs, target, rank) for r in rows):
+            return
+        rows.append(run_setting(config, task, out, lr=lr, epochs=epochs, target=target, rank=rank))
+        print(json.dumps({"task": task, **{k: v for k, v in rows[-1].items() if k != "predictions"}}), flush=True)
+
+    if sweep.grid == "full":
+        for lr, epochs, target, rank in itertools.product(sweep.lrs, sweep.epochs, sweep.targets, sweep.ranks):
+            run(lr, epochs, target, rank)
+    elif sweep.grid == "staged":
+        for lr, epochs in itertools.product(sweep.lrs, sweep.epochs):
+            run(lr, epochs, sweep.targets[0], sweep.ranks[0])
+        best = best_row(task, rows)
+        for target, rank in itertools.product(sweep.targets, sweep.ranks):
+            run(best["lr"], best["epochs"], target, rank)
+    else:
+        raise ValueError(f"unknown grid {sweep.grid!r}; expected staged or full")
+    best = best_row(task, rows)
+    return {"task": get_task(task).name, "split": config.split, "users": len(pipeline.users()),
+            "n_queries": sum(len(pipeline.eval_split().user_questions(u)) for u in pipeline.users()),
+            "reference": [{"method": r["method"], "scores": r["scores"]} for r in reference], "rows": rows,
+            "best": {k: best[k] for k in ("lr", "epochs", "target", "rank")}}
+
+
+def best_row(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    best: dict[str, Any] | None = None
+    for r in rows:
+        if better(task, r, best):
+            best = r
+    assert best is not None
+    return best
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    task = get_task(result["task"])
+    m1, m2 = task.metric_names
+    arrow = "↑" if task.higher_is_better else "↓"
+    lines = [f"**{task.name}**, {result['split']} split: {result['users']} users, {result['n_queries']} queries",
+             "", f"| setting | {m1} {arrow} | {m2} {arrow} | train+predict s |", "|---|---:|---:|---:|"]
+    for ref in result["reference"]:
+        lines.append(f"| {ref['method']} (reference) | {ref['scores'][m1]:.3f} | {ref['scores'][m2]:.3f} | |")
+    for r in result["rows"]:
+        chosen = " **(chosen)**" if all(r[k] == v for k, v in result["best"].items()) else ""
+        lines.append(f"| lr {r['lr']:g}, {r['epochs']:g} ep, {r['target']}, r={r['rank']}{chosen} | "
+                     f"{r['scores'][m1]:.3f} | {r['scores'][m2]:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="LaMP-2N")
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--base_dir", required=True)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 3e-3])
-    parser.add_argument("--epochs", type=float, nargs="+", default=[2, 3])
-    parser.add_argument("--max_history", type=int, default=16)
-    parser.add_argument("--out", default="bench/results")
-    args = parser.parse_args()
-    task = get_task(args.task)
-    generator = Generator(*load_base(BaseModelConfig(args.base_dir)))
-    common = dict(task=task.name, data_dir=args.data_dir, split="dev")
-    scratch = tempfile.TemporaryDirectory()
-    _, _, base_scores = predict(PredictConfig(**common, base_dir=args.base_dir,
-                                              output=f"{scratch.name}/base.json"), generator)
-    rows = [{"lr": 0.0, "epochs": 0, **base_scores, "seconds": 0.0}]
-    for lr, epochs in itertools.product(args.lrs, args.epochs):
-        with tempfile.TemporaryDirectory(dir=scratch.name) as out:
-            config = UserAdapterConfig(**common, base_dir=args.base_dir, output_dir=out, learning_rate=lr,
-                                       num_train_epochs=epochs, max_history=args.max_history)
-            start = time.perf_counter()
-            report = train_users(config)
-            seconds = time.perf_counter() - start
-            if report.failed:
-                raise RuntimeError(report.failed)
-            predict_config = PredictConfig(**common, base_dir=args.base_dir, adapters_dir=str(config.adapters_dir()),
-                                           output=str(Path(out) / "preds.json"))
-            _, _, scores = predict(predict_config, generator)
-        rows.append({"lr": lr, "epochs": epochs, **scores, "seconds": round(seconds, 1)})
-        print(rows[-1], flush=True)
-    m1, m2 = task.metric_names
-    print(f"\n{task.name} dev users: user-adapter sweep (lr 0 = the task-adapted base alone)\n")
-    print(f"| lr | epochs | {m1} | {m2} | train s |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['lr']:g} | {r['epochs']:g} | {r[m1]:.3f} | {r[m2]:.3f} | {r['seconds']:.0f} |")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"tune_users-{task.name}.json").write_text(json.dumps(rows, indent=2))
+    config, sweep = HfArgumentParser([PipelineConfig, SweepConfig]).parse_args_into_dataclasses()
+    if config.split == "test":
+        config.split = "dev"  # never tune on test users
+    Path(sweep.out).mkdir(parents=True, exist_ok=True)
+    for task in sweep.tasks:
+        start = time.perf_counter()
+        result = sweep_task(config, sweep, task)
+        result.update(machine=machine(), wall_seconds=round(time.perf_counter() - start, 1),
+                      config=dataclasses.asdict(config), sweep=dataclasses.asdict(sweep))
+        path = Path(sweep.out) / f"tune_users-{result['task']}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print("\n" + format_sweep(result) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The leaderboard (oppu-hub eval): Table 2 layout, scores == re-scored prediction files, reuse of trained models."""
+"""The leaderboard (oppu-hub eval): Table 2 layout with baselines, n and bootstrap intervals, scores == re-scored
+prediction files, reuse of trained models."""
 
 import csv
 import io
@@ -7,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_lamp2n
+from conftest import make_lamp2n, make_random_adapter
+from oppu_hub.adapters import AdapterRecord
 from oppu_hub.cli import main
-from oppu_hub.data import read_predictions
+from oppu_hub.data import read_predictions, write_predictions
 from oppu_hub.evaluation import Method, build_table, format_csv, format_markdown, parse_method, rescore, write_table
+from oppu_hub.io import write_json
+from oppu_hub.metrics import score
+from oppu_hub.tasks import get_task
 
 TINY = ["--base_examples", "4", "--max_history", "3", "--user_epochs", "1", "--batch_size", "4",
         "--precision", "fp32", "--profile_tokens", "6", "--users", "2", "--max_prompt_length", "128"]
@@ -20,44 +25,107 @@ def test_method_names():
     assert parse_method("rag-k2") == Method("rag", 2)
     assert parse_method("PAG-OPPU-k1").profile and parse_method("pag-oppu-k1").oppu
     assert parse_method("random-k1").random_history and not parse_method("rag-k1").random_history
-    for bad in ("np-k1", "random-k0", "bm25-k1", "rag"):
+    assert parse_method("Majority") == Method("majority", 0) and parse_method("bm25-copy").baseline
+    assert parse_method("user-majority").name == "user-majority" and parse_method("user-majority").label == \
+        "user-majority"
+    pooled = parse_method("pooled-k1")
+    assert pooled.pooled and not pooled.oppu and not pooled.baseline and pooled.name == "pooled-k1"
+    for bad in ("np-k1", "random-k0", "bm25-k1", "rag", "majority-k0", "pooled"):
         with pytest.raises(ValueError):
             parse_method(bad)
 
 
-def test_table_layout_best_marking_and_formats(tmp_path):
-    rows = []
-    for method, (acc, f1, mae, rmse) in {
-        "oppu-k1": (0.5, 0.2, 0.9, 1.2), "np-k0": (0.1, 0.1, 0.5, 1.0), "rag-k1": (0.5, 0.3, 1.0, 1.1),
-        "pag-oppu-k0": (0.2, 0.1, 2.0, 2.5), "random-k1": (0.0, 0.0, 1.5, 1.5), "pag-k0": (0.3, 0.1, 0.5, 0.7),
-    }.items():
-        rows.append({"task": "LaMP-3", "method": method, "scores": {"mae": mae, "rmse": rmse}})
-        rows.append({"task": "LaMP-2N", "method": method, "scores": {"accuracy": acc, "f1": f1}})
-    table = build_table(rows)
-    # The paper's column order: Non-Personalized (k=0, random), RAG, PAG, RAG+OPPU, PAG+OPPU.
-    assert [c["method"] for c in table["columns"]] == ["np-k0", "random-k1", "rag-k1", "pag-k0", "oppu-k1",
-                                                       "pag-oppu-k0"]
-    assert [c["group"] for c in table["columns"]] == ["Non-Personalized", "Non-Personalized", "RAG", "PAG",
-                                                      "RAG+OPPU", "PAG+OPPU"]
-    # Task order follows the registry; two metric rows per task.
-    assert [(r["task"], r["metric"]) for r in table["rows"]] == [("LaMP-2N", "accuracy"), ("LaMP-2N", "f1"),
-                                                                 ("LaMP-3", "mae"), ("LaMP-3", "rmse")]
-    best = {(r["task"], r["metric"]): r["best"] for r in table["rows"]}
-    assert best[("LaMP-2N", "accuracy")] == ["rag-k1", "oppu-k1"]  # a tie: both marked
-    assert best[("LaMP-2N", "f1")] == ["rag-k1"]
-    assert best[("LaMP-3", "mae")] == ["np-k0", "pag-k0"]  # lower is better
-    assert best[("LaMP-3", "rmse")] == ["pag-k0"]
+def test_column_order():
+    # The paper's order (Non-Personalized (k=0, random), RAG, PAG, RAG+OPPU, PAG+OPPU), baselines first and the
+    # pooled control beside RAG+OPPU.
+    names = ["pag-oppu-k0", "oppu-k1", "pooled-k1", "pag-k0", "rag-k2", "rag-k1", "random-k1", "np-k0",
+             "bm25-copy", "user-majority", "majority", "pooled-k0"]
+    methods = sorted(map(parse_method, names), key=Method.sort_key)
+    assert [m.name for m in methods] == ["majority", "user-majority", "bm25-copy", "np-k0", "random-k1", "rag-k1",
+                                         "rag-k2", "pag-k0", "pooled-k0", "pooled-k1", "oppu-k1", "pag-oppu-k0"]
+    assert [m.group for m in methods] == ["Baselines"] * 3 + ["Non-Personalized"] * 2 + ["RAG"] * 2 + [
+        "PAG"] + ["Pooled"] * 2 + ["RAG+OPPU", "PAG+OPPU"]
+
+
+def _result_rows(folder: Path, task: str, golds: dict[str, str], predictions: dict[str, dict[str, str]]
+                 ) -> list[dict]:
+    """Rows as ``Pipeline.run`` returns them, their files written under ``folder``; query ids are ``{user}-...``."""
+    out = folder / task
+    write_predictions(get_task(task), golds, out / "golds.json")
+    write_json(out / "users.json", {i: i.split("-")[0] for i in golds})
+    return [{"task": task, "method": method, "scores": score(task, preds, golds),
+             "predictions": str(write_predictions(get_task(task), preds, out / f"{method}.json")),
+             "golds": str(out / "golds.json"), "query_users": str(out / "users.json")}
+            for method, preds in predictions.items()]
+
+
+def test_table_n_intervals_and_bold_only_for_significant_gains(tmp_path):
+    users = ["u0", "u1", "u2", "u3"]
+    ids = [f"{u}-q{j}" for u in users for j in range(2)]
+    labels = dict(zip(users, ["sports", "politics", "travel", "crime"], strict=True))
+    news = {i: labels[i.split("-")[0]] for i in ids}
+    wrong_for_u3 = {i: "women" if i.startswith("u3") else g for i, g in news.items()}
+    rows = _result_rows(tmp_path, "LaMP-2N", news, {
+        "np-k0": dict.fromkeys(ids, "politics"),  # right for u1 only
+        "rag-k1": {i: "women" if i[:2] in ("u1", "u3") else g for i, g in news.items()},  # as right, other users
+        "oppu-k1": news,  # right for every user: beats np-k0 on 3 of 4 users, rag-k1 on 2
+        "majority": dict.fromkeys(ids, "sports"),
+        "pooled-k1": wrong_for_u3,  # beats rag-k1 on one user only
+    })
+    rows += _result_rows(tmp_path, "LaMP-3", dict.fromkeys(ids, "3"), {
+        "np-k0": dict.fromkeys(ids, "5"), "rag-k1": dict.fromkeys(ids, "4"),  # rag: lower MAE for every user
+        "oppu-k1": dict.fromkeys(ids, "1"), "pooled-k1": dict.fromkeys(ids, "4")})
+    table = build_table(rows, resamples=500, seed=1)
+    assert [c["method"] for c in table["columns"]] == ["majority", "np-k0", "rag-k1", "pooled-k1", "oppu-k1"]
+    assert table["references"] == ["np-k0", "rag-k1"] and table["bootstrap"]["resamples"] == 500
+    # Task order follows the registry; two metric rows per task, each with its n.
+    assert [(r["task"], r["metric"], r["n"]) for r in table["rows"]] == [
+        (t, m, {"queries": 8, "users": 4}) for t, m in [("LaMP-2N", "accuracy"), ("LaMP-2N", "f1"),
+                                                        ("LaMP-3", "mae"), ("LaMP-3", "rmse")]]
+    acc, mae = table["rows"][0], table["rows"][2]
+    assert acc["best"] == ["oppu-k1"] and mae["best"] == ["rag-k1", "pooled-k1"]  # a tie: both marked
+    significant = {(r["task"], r["metric"], ref, m) for r in table["rows"] for ref, per in r["deltas"].items()
+                   for m, d in per.items() if d["significant"]}
+    # pooled-k1's macro-F1 beats np-k0's on every resample (its wrong answers name a label no gold has), its
+    # accuracy only on 3 of 4 users.
+    assert significant == {("LaMP-2N", "accuracy", "np-k0", "oppu-k1"), ("LaMP-2N", "f1", "np-k0", "oppu-k1"),
+                           ("LaMP-2N", "f1", "np-k0", "pooled-k1"),
+                           ("LaMP-3", "mae", "np-k0", "rag-k1"), ("LaMP-3", "rmse", "np-k0", "rag-k1"),
+                           ("LaMP-3", "mae", "np-k0", "pooled-k1"), ("LaMP-3", "rmse", "np-k0", "pooled-k1")}
+    assert acc["deltas"]["rag-k1"]["pooled-k1"]["low"] <= 0  # one user differs: the interval holds 0
+    assert mae["deltas"]["rag-k1"]["oppu-k1"] == {"diff": 1.0, "low": 1.0, "high": 1.0, "significant": False}
+
     md = format_markdown(table).splitlines()
-    assert md[0] == ("| task | metric | Non-Personalized k=0 | Non-Personalized random k=1 | RAG k=1 | PAG k=0 | "
-                     "RAG+OPPU k=1 | PAG+OPPU k=0 |")
-    assert md[2] == "| LaMP-2N | accuracy ↑ | 0.100 | 0.000 | **0.500** | 0.300 | **0.500** | 0.200 |"
-    assert md[5] == "| LaMP-3 | rmse ↓ | 1.000 | 1.500 | 1.100 | **0.700** | 1.200 | 2.500 |"
+    assert md[0] == ("| task | metric | n (queries / users) | Baselines majority | Non-Personalized k=0 | RAG k=1 | "
+                     "Pooled k=1 | RAG+OPPU k=1 |")
+    assert md[2] == "| LaMP-2N | accuracy ↑ | 8 / 4 | 0.250 | 0.250 | 0.500 | 0.750 | _1.000_ |"
+    cells = [c.strip() for c in md[3].strip("|").split("|")]
+    assert cells[:3] == ["", "Δ vs np-k0", ""] and cells[4] == ""  # no n, nothing against itself
+    assert cells[3].startswith("+0.000 [-")  # majority: right for u0 where np-k0 is right for u1
+    assert cells[6].startswith("+0.500 [") and cells[7].startswith("**+0.750 [") and cells[7].endswith("]**")
+    assert not any(c.startswith("**") for c in [c.strip() for c in md[4].strip("|").split("|")])  # Δ vs rag-k1
+    lamp3 = md.index("| LaMP-3 | mae ↓ | 8 / 4 | – | 2.000 | _1.000_ | _1.000_ | 2.000 |")
+    assert md[lamp3 + 1] == ("|  | Δ vs np-k0 |  | – |  | **-1.000 [-1.000, -1.000]** | **-1.000 [-1.000, -1.000]** "
+                             "| +0.000 [+0.000, +0.000] |")
+    assert md[lamp3 + 2] == "|  | Δ vs rag-k1 |  | – | +1.000 [+1.000, +1.000] |  | +0.000 [+0.000, +0.000] " \
+                            "| +1.000 [+1.000, +1.000] |"  # a significant loss is not bold
+    assert "500 resamples" in md[-1]
+
     parsed = list(csv.DictReader(io.StringIO(format_csv(table))))
-    assert parsed[2]["metric"] == "mae" and parsed[2]["best"] == "np-k0 pag-k0" and float(parsed[2]["np-k0"]) == 0.5
+    assert [r["quantity"] for r in parsed[:7]] == ["score", "diff vs np-k0", "low vs np-k0", "high vs np-k0",
+                                                   "diff vs rag-k1", "low vs rag-k1", "high vs rag-k1"]
+    assert parsed[0]["n_queries"] == "8" and parsed[0]["n_users"] == "4" and parsed[0]["best"] == "oppu-k1"
+    assert float(parsed[1]["oppu-k1"]) == 0.75 and parsed[1]["np-k0"] == "" and parsed[14]["metric"] == "mae" \
+        and parsed[14]["majority"] == ""
     paths = write_table(table, tmp_path, meta={"date": "today"})
     written = json.loads(paths["json"].read_text())
     assert written["rows"] == table["rows"] and written["meta"]["date"] == "today"
     assert paths["md"].read_text().strip() == "\n".join(md) and paths["csv"].read_text() == format_csv(table)
+    assert build_table(rows, resamples=500, seed=1) == table  # seeded
+    # Without rag-k1 the RAG reference is the RAG method with the smallest k.
+    renamed = [{**r, "method": {"rag-k1": "rag-k4", "oppu-k1": "rag-k2"}.get(r["method"], r["method"])}
+               for r in rows]
+    assert build_table(renamed, resamples=50)["references"] == ["np-k0", "rag-k2"]
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +135,36 @@ def data(tmp_path_factory):
 
 def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_path, capsys, monkeypatch):
     from trainers.base import BaseTaskTrainer
-    from trainers.user import UserAdapterTrainer
 
     work = tmp_path / "work"
     args = ["eval", "--data_dir", str(data), "--workdir", str(work), "--base_model", str(tiny_base),
-            "--tasks", "LaMP-2N", "--methods", "np-k0", "random-k1", "rag-k1", "pag-k0", "oppu-k0", *TINY]
+            "--tasks", "LaMP-2N", "--methods", "np-k0", "random-k1", "rag-k1", "pag-k0", "oppu-k0", "pooled-k0",
+            "majority", "user-majority", "bm25-copy", *TINY]
     trained = []
-    orig_base, orig_user = BaseTaskTrainer.train, UserAdapterTrainer.train
+    orig_base, orig_save = BaseTaskTrainer.train, AdapterRecord.save
     monkeypatch.setattr(BaseTaskTrainer, "train", lambda self, **kw: trained.append("base") or orig_base(self, **kw))
-    monkeypatch.setattr(UserAdapterTrainer, "train", lambda self, **kw: trained.append("user") or orig_user(self, **kw))
+    # Every trained adapter, on the concurrent (default) or the sequential path, ends by saving its record.
+    monkeypatch.setattr(AdapterRecord, "save", lambda self, folder: trained.append("user") or orig_save(self, folder))
     assert main(args) == 0
-    assert trained.count("base") == 3 and trained.count("user") == 2  # bases k0, k1, k0-profile; 2 users' adapters
+    # Bases k0, k1, k0-profile; 2 users' adapters and the pooled one; the baselines train nothing.
+    assert trained.count("base") == 3 and trained.count("user") == 3
     printed = capsys.readouterr().out
     result = json.loads((work / "results" / "leaderboard.json").read_text())
     assert (work / "results" / "leaderboard.md").read_text().strip() in printed
-    assert [c["method"] for c in result["columns"]] == ["np-k0", "random-k1", "rag-k1", "pag-k0", "oppu-k0"]
+    assert [c["method"] for c in result["columns"]] == ["majority", "user-majority", "bm25-copy", "np-k0",
+                                                        "random-k1", "rag-k1", "pag-k0", "pooled-k0", "oppu-k0"]
+    assert {r["metric"]: r["n"] for r in result["rows"]} == {m: {"queries": 2, "users": 2} for m in ("accuracy", "f1")}
+    assert result["references"] == ["np-k0", "rag-k1"]
     golds_path = work / "results" / "predictions" / "LaMP-2N" / "golds.json"
     golds = json.loads(golds_path.read_text())
     assert golds["task"] == "LaMP_2" and [g["id"] for g in golds["golds"]] == ["q3", "q4"]  # the first 2 test users
+    assert json.loads((golds_path.parent / "users.json").read_text()) == {"q3": "u3", "q4": "u4"}
+    by_method = {r["method"]: r for r in result["meta"]["results"]}
+    # The synthetic users always pick their own category; the train users' (one each) tie: the label order decides.
+    assert by_method["user-majority"]["scores"]["accuracy"] == 1.0
+    assert set(read_predictions(by_method["majority"]["predictions"]).values()) == {"travel"}
+    pooled = AdapterRecord.from_folder(by_method["pooled-k0"]["adapters"])
+    assert pooled.user_id == "pooled" and pooled.num_history_items == 2 * 3  # 2 users x --max_history 3
     for row in result["meta"]["results"]:
         preds = json.loads(Path(row["predictions"]).read_text())
         assert preds["task"] == "LaMP_2" and sorted(g["id"] for g in preds["golds"]) == ["q3", "q4"]
@@ -96,7 +176,7 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
             assert r["scores"][row["method"]] == rescored[r["metric"]]
     models = sorted(work.glob("base/*/LaMP-2N/*/model.safetensors")) + sorted(work.glob("users/*/LaMP-2N/*/*/"
                                                                                        "adapter_model.safetensors"))
-    assert len(models) == 3 + 2
+    assert len(models) == 3 + 2 + 1
     mtimes = [p.stat().st_mtime_ns for p in models]
     # Second run: everything is found by its configuration hash; nothing is trained, nothing rewritten.
     trained.clear()
@@ -115,7 +195,22 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     trained.clear()
     assert main([*args, "--methods", "oppu-k0", "--users", "3"]) == 0
     assert trained == ["user"]
-    assert len(list(work.glob("users/*/LaMP-2N/k0-lora"))) == 2
+    assert len(list(work.glob("users/*/LaMP-2N/k0-lora"))) == 2 + 1  # two per-user folders and the pooled one
+
+
+def test_pooled_adapter_applies_to_every_query_like_a_loaded_user_adapter(tiny_base, tmp_path):
+    # Pipeline.run predicts pooled-kN on a Generator whose model already carries the pooled adapter.
+    from oppu_hub.inference import Generator
+    from oppu_hub.models import load_base
+    from oppu_hub.store import load_user_adapter
+
+    folder = make_random_adapter(tiny_base, tmp_path / "pooled", user_id="pooled")
+    prompts = ["article: harbor story category:", "article: violin concerto category:"]
+    per_user = Generator(*load_base(str(tiny_base)))
+    name = per_user.load(folder)
+    model, tokenizer = load_base(str(tiny_base))
+    pooled = Generator(load_user_adapter(model, None, folder), tokenizer).generate(prompts, None, 6)
+    assert pooled == per_user.generate(prompts, [name, name], 6) != per_user.generate(prompts, None, 6)
 
 
 def test_eval_reports_missing_golds(data, tiny_base, tmp_path, capsys):

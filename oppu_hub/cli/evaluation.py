@@ -13,7 +13,9 @@ def register(subparsers: Any) -> None:
     from ..evaluation import EvalConfig
 
     add_command(subparsers, "eval", _eval,
-                "run methods on the test users of LaMP tasks and print/write a Table-2 style leaderboard", EvalConfig)
+                "run methods (model-free baselines, the paper's Table 2, the pooled-adapter control) on the test "
+                "users of LaMP tasks and print/write a Table-2 style leaderboard with n and paired bootstrap 95% "
+                "intervals over users", EvalConfig)
     analyze = subparsers.add_parser("analyze", help="the paper's analyses: each writes a PNG plot and a table",
                                     description="the paper's analyses: each writes a PNG plot and a table")
     names = analyze.add_subparsers(dest="analysis", required=True, parser_class=type(analyze))

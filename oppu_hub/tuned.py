@@ -1,0 +1,32 @@
+"""Per-task user-adapter defaults for the 135M default base, chosen on **dev** users by ``bench/tune_users.py``
+(sweep tables and the reasoning: ``docs/tuning.md``). Tasks without a sweep use :data:`FALLBACK`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tasks import get_task
+
+
+@dataclass(frozen=True)
+class UserAdapterDefaults:
+    """The swept user-adapter settings of one task."""
+
+    learning_rate: float
+    num_train_epochs: float
+    target_modules: tuple[str, ...]
+    lora_r: int
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.lora_r  # alpha = r throughout (scale 1), as the paper's r=8, alpha=8
+
+
+FALLBACK = UserAdapterDefaults(learning_rate=1e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
+                               lora_r=8)
+TUNED: dict[str, UserAdapterDefaults] = {}
+
+
+def user_defaults(task: str) -> UserAdapterDefaults:
+    """The dev-tuned defaults of ``task`` (its LaMP name or alias), else :data:`FALLBACK`."""
+    return TUNED.get(get_task(task).name, FALLBACK)

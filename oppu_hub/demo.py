@@ -1,88 +1,74 @@
 """The main job on the embedded defaults (``make demo`` / ``oppu-hub demo``): build LaMP data from the public
-sources, task-adapt the default base, train one adapter per test user, and compare non-personalized,
-retrieval, OPPU and OPPU+retrieval on those users' held-out queries."""
+sources with several queries per user, then run the leaderboard pipeline (:mod:`oppu_hub.evaluation`) on a
+CPU-sized slice: the label-prior / BM25-copy baselines, non-personalized, RAG, OPPU and OPPU + RAG, each column
+with a base and adapters trained with its own prompts, and paired bootstrap intervals over users. Finally the Space's
+default paths are pointed at what was trained, so ``make space`` shows the same models."""
 
 from __future__ import annotations
 
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .inference import Generator, PredictConfig, predict
-from .models import DEFAULT_BASE, BaseModelConfig, load_base
-from .tasks import get_task
+from .evaluation import EvalConfig, format_markdown, run_eval
 
 
 @dataclass
-class DemoConfig:
-    """A small, CPU-sized OPPU run (minutes). Every step is reused when its output exists.
+class DemoConfig(EvalConfig):
+    """:class:`~oppu_hub.evaluation.EvalConfig` with demo-sized defaults (minutes on 2 CPU cores), plus where the
+    public sources are and how many queries each user gets.
 
     Args:
-        tasks: tasks to run.
-        source_dir: the public source data (``../shared/data``).
-        workdir: where data, bases, adapters and predictions go.
-        base_model: the pretrained base.
-        users: test users per task.
-        k: retrieval depth of the RAG columns.
-        base_examples: training examples for task adaptation.
-        max_history: most recent history items per user adapter.
-        base_lr / user_lr: learning rates (tuned on dev users for the 135M default; see README).
-        user_epochs: epochs of each user adapter.
+        source_dir: the public source data (``../shared/data``); the data is built into ``{workdir}/data``.
+        queries_per_user: each user's latest N items are queries (sharing the history before the first).
     """
 
-    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N", "LaMP-5"], metadata={"help": "tasks to run"})
     source_dir: str = field(default="../shared/data", metadata={"help": "public source data"})
-    workdir: str = field(default="runs/demo", metadata={"help": "output folder"})
-    base_model: str = field(default=DEFAULT_BASE, metadata={"help": "pretrained base"})
-    users: int = field(default=3, metadata={"help": "test users per task"})
-    k: int = field(default=1, metadata={"help": "retrieval depth"})
-    base_examples: int = field(default=64, metadata={"help": "task-adaptation examples"})
-    max_history: int = field(default=16, metadata={"help": "history items per user adapter"})
-    base_lr: float = field(default=5e-4, metadata={"help": "task-adaptation learning rate"})
-    user_lr: float = field(default=1e-3, metadata={"help": "user-adapter learning rate"})
-    user_epochs: float = field(default=2.0, metadata={"help": "user-adapter epochs"})
+    queries_per_user: int = field(default=3, metadata={"help": "queries per user in the built data"})
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N", "LaMP-4"], metadata={"help": "tasks to run"})
+    methods: list[str] = field(default_factory=lambda: ["majority", "user-majority", "bm25-copy", "np-k0", "rag-k1",
+                                                        "oppu-k0", "oppu-k1"],
+                               metadata={"help": "methods (columns); baselines a task lacks are left out"})
+    workdir: str = field(default="runs/demo", metadata={"help": "data, bases, adapters, predictions"})
+    data_dir: str = field(default="", metadata={"help": "LaMP-format data (default: built into {workdir}/data)"})
+    users: int | None = field(default=10, metadata={"help": "test users per task"})
+    base_examples: int | None = field(default=64, metadata={"help": "task-adaptation examples"})
+    max_history: int | None = field(default=8, metadata={"help": "most recent history items per adapter"})
+    max_prompt_length: int = field(default=256, metadata={"help": "token budget of one prompt"})
+    resamples: int = field(default=1000, metadata={"help": "bootstrap resamples"})
 
 
-def run_demo(config: DemoConfig) -> list[dict]:
-    """Run the pipeline for each task and return one result row per (task, method)."""
-    from trainers import BaseTaskConfig, UserAdapterConfig, train_base, train_users
-
+def run_demo(config: DemoConfig) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Build the data (reused when up to date), run the pipeline and link the Space's default paths; returns the
+    table and the files written."""
     from .builders import BuildConfig, build, format_summary
 
     work = Path(config.workdir)
-    data_dir = work / "data"
-    print(format_summary(build(BuildConfig(config.source_dir, str(data_dir), tasks=config.tasks))))
-    rows: list[dict] = []
-    for name in config.tasks:
-        task = get_task(name)
-        common = dict(task=task.name, data_dir=str(data_dir))
-        start = time.perf_counter()
-        base_dir = train_base(BaseTaskConfig(**common, base_model=config.base_model, output_dir=str(work / "base"),
-                                             max_examples=config.base_examples, num_train_epochs=1,
-                                             learning_rate=config.base_lr))
-        user_config = UserAdapterConfig(**common, base_dir=str(base_dir), output_dir=str(work / "users"),
-                                        max_users=config.users, max_history=config.max_history,
-                                        learning_rate=config.user_lr, num_train_epochs=config.user_epochs)
-        report = train_users(user_config)
-        if report.failed:
-            raise RuntimeError(f"{task.name}: adapters failed for {report.failed}")
-        trained_s = time.perf_counter() - start
-        generator = Generator(*load_base(BaseModelConfig(str(base_dir))))
-        methods = {"non-personalized (k=0)": (0, None), f"RAG (k={config.k})": (config.k, None),
-                   "OPPU (k=0)": (0, user_config.adapters_dir()),
-                   f"OPPU + RAG (k={config.k})": (config.k, user_config.adapters_dir())}
-        for method, (k, adapters) in methods.items():
-            _, path, scores = predict(PredictConfig(**common, base_dir=str(base_dir), k=k, max_users=config.users,
-                                                    adapters_dir=str(adapters) if adapters else None), generator)
-            rows.append({"task": task.name, "method": method, **(scores or {}), "predictions": str(path)})
-        print(f"{task.name}: trained base + {len(report.trained)} adapters in {trained_s:.0f} s")
-    return rows
+    if not config.data_dir:
+        config.data_dir = str(work / "data")
+        print(format_summary(build(BuildConfig(config.source_dir, config.data_dir, tasks=config.tasks,
+                                               queries_per_user=config.queries_per_user))))
+    table, paths, rows = run_eval(config)
+    link_space_paths(work, rows)
+    return table, paths
 
 
-def format_results(rows: list[dict]) -> str:
-    """A Markdown table: one row per task and method with the task's two metrics."""
-    lines = ["| task | method | metric 1 | metric 2 |", "|---|---|---|---|"]
+def link_space_paths(work: Path, rows: list[dict[str, Any]]) -> None:
+    """Point ``{work}/space/base/{task}/{variant}`` and ``{work}/space/users/{task}/{variant}-lora`` (the Space's
+    defaults) at the content-addressed bases and adapters of the OPPU columns (replacing older links atomically)."""
     for row in rows:
-        m1, m2 = get_task(row["task"]).metric_names
-        lines.append(f"| {row['task']} | {row['method']} | {m1} {row[m1]:.3f} | {m2} {row[m2]:.3f} |")
-    return "\n".join(lines)
+        if not row.get("method", "").startswith("oppu-") or not row.get("adapters"):
+            continue
+        adapters, base = Path(row["adapters"]), Path(row["base"])
+        for link, target in ((work / "space" / "base" / row["task"] / base.name, base),
+                             (work / "space" / "users" / row["task"] / adapters.name, adapters)):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{link.name}.{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target.resolve(), target_is_directory=True)
+            os.replace(tmp, link)
+
+
+def format_demo(table: dict[str, Any], paths: dict[str, Path]) -> str:
+    return f"{format_markdown(table)}\n\nwritten: {', '.join(str(p) for p in paths.values())}"

@@ -48,11 +48,12 @@ class SpaceConfig:
 
     data_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_DATA", "runs/demo/data"),
                           metadata={"help": "LaMP-format data folder (env OPPU_HUB_DATA)"})
-    base_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_BASE", "runs/demo/base/{task}/{variant}"),
+    base_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_BASE",
+                                                                 "runs/demo/space/base/{task}/{variant}"),
                           metadata={"help": "base model folder or Hub id; {task} and {variant} (k0, k1...) are "
                                             "replaced (env OPPU_HUB_BASE)"})
     adapters_dir: str = field(
-        default_factory=lambda: os.environ.get("OPPU_HUB_STORE", "runs/demo/users/{task}/{variant}-lora"),
+        default_factory=lambda: os.environ.get("OPPU_HUB_STORE", "runs/demo/space/users/{task}/{variant}-lora"),
         metadata={"help": "users' adapters folder ({task} and {variant} are replaced) or a store spec "
                           "hub:NAMESPACE (env OPPU_HUB_STORE)"})
     task: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_TASK", "LaMP-2N"),

@@ -11,11 +11,12 @@ from . import add_command, config_from_args
 def register(subparsers: Any) -> None:
     from ..demo import DemoConfig
 
-    add_command(subparsers, "demo", _demo, "build data, train base and user adapters, compare methods", DemoConfig)
+    add_command(subparsers, "demo", _demo, "build data, train bases and user adapters, compare methods with "
+                                          "baselines and bootstrap intervals", DemoConfig)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, format_results, run_demo
+    from ..demo import DemoConfig, format_demo, run_demo
 
-    print(format_results(run_demo(config_from_args(DemoConfig, args))))
+    print(format_demo(*run_demo(config_from_args(DemoConfig, args))))
     return 0

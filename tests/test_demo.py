@@ -1,0 +1,32 @@
+"""``oppu-hub demo`` end to end on the real sources with the tiny model: k-consistent columns beside the
+baselines, bootstrap intervals, and the Space's default paths pointing at what was trained."""
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from oppu_hub.adapters import AdapterRecord
+from oppu_hub.cli import main
+
+
+def test_demo_table_and_space_links(tiny_base, tmp_path, capsys):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the public source data is not at {SHARED_DATA}")
+    work = tmp_path / "demo"
+    assert main(["demo", "--source_dir", str(SHARED_DATA), "--workdir", str(work), "--base_model", str(tiny_base),
+                 "--tasks", "LaMP-2N", "--users", "3", "--base_examples", "4", "--max_history", "3",
+                 "--user_epochs", "1", "--precision", "fp32", "--max_prompt_length", "128", "--resamples", "50"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((work / "results" / "leaderboard.json").read_text())
+    assert [c["method"] for c in result["columns"]] == ["majority", "user-majority", "bm25-copy", "np-k0", "rag-k1",
+                                                        "oppu-k0", "oppu-k1"]
+    assert {r["metric"]: r["n"] for r in result["rows"]} == {m: {"queries": 9, "users": 3} for m in ("accuracy", "f1")}
+    assert "Δ vs np-k0" in printed and "Δ vs rag-k1" in printed
+    by_method = {r["method"]: r for r in result["meta"]["results"]}
+    for k in (0, 1):  # each column's base and adapters were trained with its own prompts
+        rag, oppu = by_method[f"rag-k{k}" if k else "np-k0"], by_method[f"oppu-k{k}"]
+        assert rag["base"] == oppu["base"] and rag["base"].endswith(f"/k{k}")
+        folder = next(p for p in (work / "space" / "users" / "LaMP-2N" / f"k{k}-lora").iterdir() if p.is_dir())
+        assert AdapterRecord.from_folder(folder).k == k
+        assert (work / "space" / "base" / "LaMP-2N" / f"k{k}").resolve() == (work / rag["base"]).resolve()

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint browser space eval-small clean
+.PHONY: install demo test lint browser space eval eval-small clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ browser: install
 space: install
 	$(BIN)/oppu-hub space
 
-# The paper's Table 2 on every task of the rebuilt data, a few users each (docs/eval.md)
+# The full-size leaderboard: up to 40 users x 3 queries per task, baselines and bootstrap CIs (docs/eval.md)
+eval: install
+	bench/eval_full.sh
+
+# A smoke test of the whole Table 2 pipeline on every task, a few users each (docs/eval.md)
 eval-small: install
 	bench/eval_small.sh
 

@@ -41,7 +41,7 @@ class SweepConfig:
     targets: list[str] = field(default_factory=lambda: ["qv", "all-linear"], metadata={"help": "qv | all-linear"})
     ranks: list[int] = field(default_factory=lambda: [8, 16], metadata={"help": "LoRA ranks"})
     grid: str = field(default="staged", metadata={"help": "staged | full"})
-    baselines: list[str] = field(default_factory=lambda: ["majority", "user-majority", "copy-k1", "np-k0"],
+    baselines: list[str] = field(default_factory=lambda: ["majority", "user-majority", "bm25-copy", "np-k0"],
                                  metadata={"help": "reference methods scored once (those a task supports)"})
     out: str = field(default="bench/results", metadata={"help": "folder of tune_users-{task}.json"})
 
@@ -58,7 +58,7 @@ def better(task_name: str, a: dict[str, Any], b: dict[str, Any] | None) -> bool:
     task = get_task(task_name)
     metric = task.metric_names[0]
     sign = 1 if task.higher_is_better else -1
-    key = lambda r: (sign * round(r["scores"][metric], 6), -r["epochs"], -r["r"], r["target"] == "qv")  # noqa: E731
+    key = lambda r: (sign * round(r["scores"][metric], 6), -r["epochs"], -r["rank"], r["target"] == "qv")  # noqa: E731
     return key(a) > key(b)
 
 
@@ -67,14 +67,14 @@ def run_setting(config: PipelineConfig, task: str, out: Path, **setting: Any) ->
     start = time.perf_counter()
     tag = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in setting.items())
     [row] = Pipeline(cfg, task).run(["oppu-k0"], out / tag)
-    return {**setting, "r": setting["rank"], "scores": row["scores"], "n_queries": row.get("n_queries"),
-            "seconds": round(time.perf_counter() - start, 1), "predictions": row["predictions"]}
+    return {**setting, "scores": row["scores"], "seconds": round(time.perf_counter() - start, 1),
+            "predictions": row["predictions"]}
 
 
 def sweep_task(config: PipelineConfig, sweep: SweepConfig, task: str) -> dict[str, Any]:
     out = Path(config.workdir) / "sweep" / get_task(task).name
     pipeline = Pipeline(config, task)
-    reference = [r for r in pipeline.run([m for m in sweep.baselines if pipeline.supports(m)], out / "reference")]
+    reference = pipeline.run(sweep.baselines, out / "reference")  # a baseline the task lacks gets no row
     rows: list[dict[str, Any]] = []
 
     def run(lr: float, epochs: float, target: str, rank: int) -> None:

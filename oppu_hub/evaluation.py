@@ -607,7 +607,40 @@ def write_table(table: dict[str, Any], out_dir: str | Path, stem: str = "leaderb
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
+    """The hardware a table was measured on: CPU model and cores (or the GPU), and whether bf16 was fast there."""
+    import torch
+
+    from trainers.common import bf16_available
+
+    if torch.cuda.is_available():
+        device = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                     platform.processor() or platform.machine())
+        device = f"{model}, {os.cpu_count()} CPU cores"
+    return f"{device}, {platform.system()} {platform.release()}, bf16 {'yes' if bf16_available() else 'no'}"
+
+
+_TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed"}
+
+
+def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path) -> list[dict[str, Any]]:
+    """One task's result rows: reused from ``{out}/rows/{task}.json`` when that was written by a finished run with
+    the same settings, methods and data (so a long leaderboard resumes task by task and a final all-task call only
+    rebuilds the table), else run and recorded."""
+    pipeline = Pipeline(config, task)
+    key = config_hash({"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY},
+                       "methods": [m.name for m in methods], "task": task.name,
+                       "data": [file_hash(*pipeline.source_files(s)) for s in ("train", config.split)]})
+    path = out / "rows" / f"{task.name}.json"
+    if path.exists():
+        done = read_json(path)
+        if done.get("key") == key and all(Path(r["predictions"]).exists() for r in done["rows"]):
+            return done["rows"]
+    rows = pipeline.run(methods, out / "predictions")
+    write_json(path, {"key": key, "rows": rows})
+    return rows
 
 
 def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[dict[str, Any]]]:
@@ -619,7 +652,7 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
     rows: list[dict[str, Any]] = []
     for task in tasks:
         task_start = time.perf_counter()
-        rows += Pipeline(config, task).run(methods, out / "predictions")
+        rows += task_rows(config, task, methods, out)
         print(f"{task.name}: {len(methods)} methods in {time.perf_counter() - task_start:.0f} s", flush=True)
     table = build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed)
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),

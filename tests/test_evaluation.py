@@ -12,7 +12,16 @@ from conftest import make_lamp2n, make_random_adapter
 from oppu_hub.adapters import AdapterRecord
 from oppu_hub.cli import main
 from oppu_hub.data import read_predictions, write_predictions
-from oppu_hub.evaluation import Method, build_table, format_csv, format_markdown, parse_method, rescore, write_table
+from oppu_hub.evaluation import (
+    Method,
+    Pipeline,
+    build_table,
+    format_csv,
+    format_markdown,
+    parse_method,
+    rescore,
+    write_table,
+)
 from oppu_hub.io import write_json
 from oppu_hub.metrics import score
 from oppu_hub.tasks import get_task
@@ -157,7 +166,7 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     assert result["references"] == ["np-k0", "rag-k1"]
     golds_path = work / "results" / "predictions" / "LaMP-2N" / "golds.json"
     golds = json.loads(golds_path.read_text())
-    assert golds["task"] == "LaMP_2" and [g["id"] for g in golds["golds"]] == ["q3", "q4"]  # the first 2 test users
+    assert golds["task"] == "LaMP_2N" and [g["id"] for g in golds["golds"]] == ["q3", "q4"]  # the first 2 test users
     assert json.loads((golds_path.parent / "users.json").read_text()) == {"q3": "u3", "q4": "u4"}
     by_method = {r["method"]: r for r in result["meta"]["results"]}
     # The synthetic users always pick their own category; the train users' (one each) tie: the label order decides.
@@ -167,7 +176,7 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     assert pooled.user_id == "pooled" and pooled.num_history_items == 2 * 3  # 2 users x --max_history 3
     for row in result["meta"]["results"]:
         preds = json.loads(Path(row["predictions"]).read_text())
-        assert preds["task"] == "LaMP_2" and sorted(g["id"] for g in preds["golds"]) == ["q3", "q4"]
+        assert preds["task"] == "LaMP_2N" and sorted(g["id"] for g in preds["golds"]) == ["q3", "q4"]
         assert set(read_predictions(row["predictions"])) == {"q3", "q4"}
         # What the table says is what the written files score.
         rescored = rescore(row["predictions"], golds_path, "LaMP-2N")
@@ -188,6 +197,10 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     assert trained == []
     assert [p.stat().st_mtime_ns for p in models] == mtimes
     assert json.loads((work / "results" / "leaderboard.json").read_text())["rows"] == result["rows"]
+    # A finished task's rows are reused when only the table settings change: nothing is predicted again.
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "run", lambda *a, **k: pytest.fail("a finished task was predicted again"))
+        assert main([*args, "--resamples", "20"]) == 0
     # A changed adapter setting trains new adapters (in a new folder) on the reused base; one more user only
     # trains that user.
     assert main([*args[:-len(TINY)], *TINY, "--methods", "oppu-k0", "--user_epochs", "2"]) == 0

@@ -97,8 +97,22 @@ def chronological(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def file_task_name(task: Task) -> str:
+    """The ``task`` name this project writes into prediction and gold files: ``LaMP_1``, ``LaMP_2N``, ``LaMP_2M``,
+    ``LaMP_3`` ... (OPPU's evaluation script scores all seven by these names; LaMP's own calls LaMP-2M ``LaMP_2``
+    and has no name for LaMP-2N: docs/metrics.md)."""
+    return task.name.replace("-", "_")
+
+
+def _task_names(task: Task) -> tuple[str, ...]:
+    """The ``task`` names a file of ``task`` may carry: :func:`file_task_name` and LaMP's own (``LaMP_2`` for both
+    LaMP-2N and LaMP-2M, as files written before and LaMP's own files say)."""
+    return tuple(dict.fromkeys((file_task_name(task), task.lamp_name)))
+
+
 def infer_task(task_name: str | None, questions: list[Mapping[str, Any]]) -> Task:
-    """Resolve the task of a file: LaMP_2 is news (LaMP-2N) or movies (LaMP-2M) by its profile keys."""
+    """Resolve the task of a file from its ``task`` name; ``LaMP_2`` (or no name) is told apart by the profile keys
+    (news: LaMP-2N, movies: LaMP-2M)."""
     if task_name and task_name.replace("-", "_") != "LaMP_2":
         return get_task(task_name)
     first = next((q["profile"][0] for q in questions if q.get("profile")), {})
@@ -125,9 +139,7 @@ def load_split(
     if outputs is not None and not (isinstance(outputs, dict) and isinstance(outputs.get("golds"), list)):
         raise LampDataError(f"{outputs_path}: expected {{'task': ..., 'golds': [{{'id', 'output'}}]}}")
     resolved = get_task(task) if task is not None else infer_task(outputs and outputs.get("task"), raw)
-    if outputs is not None and outputs.get("task") and outputs["task"].replace("-", "_") not in (
-        resolved.lamp_name, resolved.name.replace("-", "_")
-    ):
+    if outputs is not None and outputs.get("task") and outputs["task"].replace("-", "_") not in _task_names(resolved):
         raise LampDataError(f"{outputs_path}: task {outputs['task']!r} does not match {resolved.name}")
     golds = _gold_map(outputs, outputs_path) if outputs is not None else {}
     questions = [_question(q, i, resolved, questions_path, require_profile) for i, q in enumerate(raw)]
@@ -170,9 +182,10 @@ def write_split(split: LampSplit, folder: str | Path, name: str) -> tuple[Path, 
 
 
 def write_predictions(task: Task, predictions: Mapping[str, str], path: str | Path) -> Path:
-    """Write predictions in the shape of LaMP's gold files, so official tools can score them."""
+    """Write predictions in the shape of LaMP's gold files (``task``: :func:`file_task_name`), so LaMP's evaluation
+    scripts can score them."""
     golds = [{"id": str(i), "output": str(o)} for i, o in predictions.items()]
-    return write_json(path, {"task": task.lamp_name, "golds": golds})
+    return write_json(path, {"task": file_task_name(task), "golds": golds})
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:

@@ -1,18 +1,28 @@
-"""LaMP metrics, computed the way LaMP's official evaluation does.
+"""LaMP metrics for oppu-hub's predictions, computed by the one implementation in :mod:`oppu_hub.lamp_metric`.
 
-* classification (LaMP-1, 2N, 2M): accuracy and macro-F1 over the task's whole label set (``sklearn``, which
-  ``evaluate``'s f1 wraps); an answer that names no label counts as wrong for every class.
+:func:`score` normalises answers with the task's parser (:meth:`Task.parse_output`: ``"Politics."`` ->
+``politics``, ``"4 stars"`` -> ``4``), then computes through :func:`oppu_hub.lamp_metric.core.compute`, which has
+the semantics of LaMP's official ``eval/evaluation.py`` and is also what the ``evaluate`` module
+(:func:`load_metric`) computes with:
+
+* classification (LaMP-1, 2N, 2M): accuracy and macro-F1 over the task's whole label set (sklearn); an answer that
+  names no label counts as wrong for every class.
 * rating (LaMP-3): MAE and RMSE; an unparseable answer counts as the rating farthest from the gold.
-* generation (LaMP-4, 5, 7): ROUGE-1 and ROUGE-L F-measure (``rouge_score``, which ``evaluate``'s rouge wraps;
-  ``evaluate.load("rouge")`` needs the Hub), averaged over examples, no stemming as in ``evaluate``'s default.
+* generation (LaMP-4, 5, 7): ROUGE-1 and ROUGE-L F-measure (``rouge_score``, no stemming), averaged over examples;
+  answers are scored as given.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from .lamp_metric import PATH
+from .lamp_metric.core import compute
 from .tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from evaluate import EvaluationModule
 
 
 def score(task: Task | str, predictions: Mapping[str, str], golds: Mapping[str, str]) -> dict[str, float]:
@@ -21,50 +31,20 @@ def score(task: Task | str, predictions: Mapping[str, str], golds: Mapping[str, 
     missing = [i for i in golds if i not in predictions]
     if missing:
         raise ValueError(f"{task.name}: no prediction for {len(missing)} gold ids, e.g. {missing[:5]}")
-    ids = list(golds)
-    preds = [predictions[i] for i in ids]
-    refs = [golds[i] for i in ids]
-    if task.kind == "classification":
-        return _classification(task, preds, refs)
-    if task.kind == "rating":
-        return _rating(task, preds, refs)
-    return _rouge(preds, refs)
+    preds = [predictions[i] for i in golds]
+    refs = list(golds.values())
+    if task.kind != "generation":  # an unreadable answer is wrong; an unreadable gold is reported as given
+        preds = [task.parse_output(p) or "" for p in preds]
+        refs = [task.parse_output(r) or r for r in refs]
+    try:
+        return compute(task.kind, preds, refs, task.labels)
+    except ValueError as e:
+        raise ValueError(f"{task.name}: {e}") from None
 
 
-def _classification(task: Task, preds: list[str], refs: list[str]) -> dict[str, float]:
-    from sklearn.metrics import f1_score
+def load_metric(task: Task | str, **kwargs: Any) -> EvaluationModule:
+    """The task's LaMP metric as an ``evaluate`` module, loaded offline from the package folder (``kwargs`` go to
+    ``evaluate.load``). It scores raw strings, without :func:`score`'s answer normalisation."""
+    import evaluate
 
-    index = {label: i for i, label in enumerate(task.labels)}
-
-    def to_index(text: str) -> int:
-        return index.get(task.parse_output(text) or "", -1)
-
-    y_pred = [to_index(p) for p in preds]
-    y_true = [to_index(r) for r in refs]
-    if -1 in y_true:
-        bad = refs[y_true.index(-1)]
-        raise ValueError(f"{task.name}: gold {bad!r} is not one of the task's labels {list(task.labels)}")
-    accuracy = sum(p == t for p, t in zip(y_pred, y_true, strict=True)) / len(y_true) if y_true else 0.0
-    f1 = f1_score(y_true, y_pred, labels=list(range(len(task.labels))), average="macro", zero_division=0)
-    return {"accuracy": accuracy, "f1": float(f1)}
-
-
-def _rating(task: Task, preds: list[str], refs: list[str]) -> dict[str, float]:
-    errors = []
-    for pred, ref in zip(preds, refs, strict=True):
-        gold = float(ref)
-        parsed = task.parse_output(pred)
-        value = float(parsed) if parsed is not None else (1.0 if abs(1 - gold) > abs(5 - gold) else 5.0)
-        errors.append(value - gold)
-    n = max(len(errors), 1)
-    return {"mae": sum(abs(e) for e in errors) / n, "rmse": math.sqrt(sum(e * e for e in errors) / n)}
-
-
-def _rouge(preds: list[str], refs: list[str]) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"])
-    scores = [scorer.score(ref, pred) for pred, ref in zip(preds, refs, strict=True)]
-    n = max(len(scores), 1)
-    return {"rouge-1": sum(s["rouge1"].fmeasure for s in scores) / n,
-            "rouge-l": sum(s["rougeL"].fmeasure for s in scores) / n}
+    return evaluate.load(str(PATH), get_task(task).name, **kwargs)

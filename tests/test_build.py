@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from oppu_hub.builders import BuildConfig, EmptyBuildError, SourceError, TargetExistsError, build, format_summary
-from oppu_hub.builders.citations import parse_authors
-from oppu_hub.builders.news import first_author
+from oppu_hub.builders.citations import CITATIONS_FILE, METADATA_FILE, parse_authors
+from oppu_hub.builders.news import NEWS_FILE, first_author
 from oppu_hub.builders.papers import load_papers
 from oppu_hub.builders.tweets import plain_text
+from oppu_hub.cli import main
 from oppu_hub.data import SPLITS, LampSplit, load_task_split
+from oppu_hub.io import read_json
 from oppu_hub.tasks import MOVIE_TAGS, NEWS_CATEGORIES, get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -560,6 +563,96 @@ def test_missing_and_malformed_sources(tmp_path: Path):
         BuildConfig(src, out, dev_users=0.1)
     with pytest.raises(ValueError, match="test_users >= 1"):
         BuildConfig(src, out, test_users=0)
+
+
+def write_own_news(path: Path, authors: dict[str, int]) -> None:
+    """A user's own news slice in the HuffPost JSON-lines shape, with only the fields the news reader needs."""
+    cats = ["SPORTS", "TRAVEL", "CRIME"]
+    _gz_lines(path, [json.dumps({"headline": f"{name} headline {i}", "category": cats[i % 3], "authors": name,
+                                 "short_description": f"{name} on match {i}.", "date": f"2021-03-{i + 1:02d}"})
+                     for name, n in authors.items() for i in range(n)])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_own_source_file_builds_its_task_and_is_recorded(raw: Path, tmp_path: Path):
+    own = tmp_path / "mine" / "my_news.jsonl.gz"
+    write_own_news(own, {"Ann Lee": 7, "Ben Ray": 6, "Cy Ott": 6, "Di Fox": 5})
+    out = tmp_path / "out"
+    cfg = _cfg(raw, out, tasks=["LaMP-2N", "LaMP-4"], sources=[f"LaMP-2N={own}"])
+    manifests = build(cfg, progress=False)
+    m = manifests["LaMP-2N"]
+    assert m["sources"] == [{"file": NEWS_FILE, "path": str(own.resolve()), "bytes": own.stat().st_size,
+                             "sha256": _sha256(own)}]
+    assert m["lamp_name"] == "LaMP_2N" and m["source_users"] == 4
+    questions = [q for split in SPLITS for q in load_task_split(out, "LaMP-2N", split).questions]
+    assert sorted(q.user_id for q in questions) == ["ann-lee", "ben-ray", "cy-ott", "di-fox"]
+    assert {q.gold for q in questions} <= {"sports", "travel", "crime"}
+    assert all(p["text"].startswith(q.user_id.split("-")[0].title()) for q in questions for p in q.profile)
+    # the override is per task: LaMP-4 still reads source_dir's news file
+    assert manifests["LaMP-4"]["sources"] == [{"file": NEWS_FILE, "bytes": (raw / NEWS_FILE).stat().st_size,
+                                               "sha256": _sha256(raw / NEWS_FILE)}]
+    assert build(cfg, progress=False)["LaMP-2N"]["status"] == "up to date"
+    write_own_news(own, {"Ann Lee": 8, "Ben Ray": 6, "Cy Ott": 6, "Di Fox": 5})  # another slice, same path
+    with pytest.raises(TargetExistsError, match="other sources"):
+        build(cfg, progress=False)
+    # a build that only reads the user's files needs no source folder; the CLI takes the same entries
+    nowhere = tmp_path / "no-sources"
+    with pytest.raises(SourceError, match="source folder not found"):
+        BuildConfig(nowhere, out)
+    assert main(["data", "build", "--source_dir", str(nowhere), "--out_dir", str(tmp_path / "cli"),
+                 "--tasks", "LaMP-2N", "--test_users", "2", "--dev_users", "1", "--min_history", "3",
+                 "--sources", f"LaMP-2N={own}"]) == 0
+    assert read_json(tmp_path / "cli" / "LaMP-2N" / "manifest.json")["sources"][0]["path"] == str(own.resolve())
+
+
+def test_own_file_for_one_role_of_a_task_with_several(raw: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    write_aan(other)
+    own = other / CITATIONS_FILE
+    m = build(_cfg(raw, tmp_path / "out", tasks=["LaMP-1"], sources=[f"LaMP-1:citations={own}"]),
+              progress=False)["LaMP-1"]
+    assert [s["file"] for s in m["sources"]] == [METADATA_FILE, CITATIONS_FILE]
+    assert "path" not in m["sources"][0] and m["sources"][1]["path"] == str(own.resolve())
+
+
+def test_own_source_file_missing_or_malformed(tmp_path: Path):
+    out, own = tmp_path / "out", tmp_path / "own.jsonl.gz"
+
+    def build_news() -> None:
+        build(_cfg(tmp_path, out, tasks=["LaMP-2N"], sources=[f"LaMP-2N={own}"]), progress=False)
+
+    with pytest.raises(SourceError, match=r"LaMP-2N: \S*own\.jsonl\.gz: source file not found \(given for LaMP-2N:"):
+        build_news()
+    with pytest.raises(SourceError, match="given for LaMP-3:reviews"):  # named files are never skipped
+        build(_cfg(tmp_path, out, sources=[f"LaMP-3={own}"]), progress=False)
+    _gz_lines(own, [json.dumps({"headline": "h", "category": "SPORTS", "short_description": "d", "date": "2021"})])
+    with pytest.raises(SourceError, match=r"own\.jsonl\.gz: line 1 lacks \['authors'\]"):
+        build_news()
+    _gz_lines(own, ["not json"])
+    with pytest.raises(SourceError, match=r"own\.jsonl\.gz: line 1 is not valid JSON"):
+        build_news()
+    own.write_bytes(b"not gzip")
+    with pytest.raises(SourceError, match=r"own\.jsonl\.gz: cannot read"):
+        build_news()
+    assert not (out / "LaMP-2N").exists()
+    bad_entries = {
+        "LaMP-1=x.gz": r"LaMP-1 reads several files \(metadata, citations\); name one, e.g. LaMP-1:metadata=PATH",
+        "LaMP-3:ratings=x.gz": "LaMP-3 has no source file 'ratings'; its files: reviews",
+        "LaMP-3": "expected TASK=PATH or TASK:ROLE=PATH",
+        "LaMP-2N=": "expected TASK=PATH or TASK:ROLE=PATH",
+    }
+    for entry, message in bad_entries.items():
+        with pytest.raises(ValueError, match=message):
+            BuildConfig(tmp_path, out, sources=[entry])
+    with pytest.raises(ValueError, match="LaMP-3:reviews is given twice"):
+        BuildConfig(tmp_path, out, sources=["LaMP-3=a.gz", "lamp3=b.gz"])
+    with pytest.raises(KeyError, match="unknown task 'LaMP-9'"):
+        BuildConfig(tmp_path, out, sources=["LaMP-9=x.gz"])
+    with pytest.raises(ValueError, match=r"sources are given for LaMP-2N, which tasks \['LaMP-3'\] omit"):
+        BuildConfig(tmp_path, out, tasks=["LaMP-3"], sources=["LaMP-2N=x.gz"])
 
 
 def test_real_shared_data(tmp_path: Path):

@@ -4,7 +4,17 @@ import json
 
 import pytest
 
-from oppu_hub.data import LampDataError, chronological, load_split, load_task_split, read_predictions, write_predictions
+from oppu_hub.data import (
+    LampDataError,
+    LampSplit,
+    Question,
+    chronological,
+    load_split,
+    load_task_split,
+    read_predictions,
+    write_predictions,
+    write_split,
+)
 from oppu_hub.tasks import get_task
 
 TASK = get_task("LaMP-3")
@@ -92,6 +102,28 @@ def test_lamp2_is_told_apart_by_profile_keys(tmp_path):
         {"id": "a", "text": "t", "title": "h", "category": "politics"}]}]
     q, o = write(tmp_path, raw, [{"id": "1", "output": "politics"}], task="LaMP_2")
     assert load_split(q, o).task.name == "LaMP-2N"
+
+
+NEWS_ITEM = {"id": "a", "text": "t", "title": "h", "category": "politics"}
+MOVIE_ITEM = {"id": "a", "description": "d", "tag": "comedy"}
+
+
+@pytest.mark.parametrize(("task", "item", "answer"), [("LaMP-2N", NEWS_ITEM, "politics"),
+                                                      ("LaMP-2M", MOVIE_ITEM, "comedy")])
+def test_lamp2_files_name_their_label_set_and_old_names_still_read(tmp_path, task, item, answer):
+    t = get_task(task)
+    written = write_split(LampSplit(t, [Question("1", t.format_input(text="x", description="x"), [item], "u1",
+                                                 answer)]), tmp_path, "dev")
+    assert json.loads(written[1].read_text())["task"] == task.replace("-", "_")  # LaMP_2N / LaMP_2M, not LaMP_2
+    assert load_split(*written).task is t
+    for name in ("LaMP_2", task, task.replace("-", "_")):  # LaMP's own / older files, and the canonical name
+        q, o = write(tmp_path, json.loads(written[0].read_text()), [{"id": "1", "output": answer}], task=name)
+        assert load_split(q, o).task is t
+        assert load_split(q, o, task=task).questions[0].gold == answer
+    other = "LaMP_2M" if task == "LaMP-2N" else "LaMP_2N"
+    q, o = write(tmp_path, json.loads(written[0].read_text()), [{"id": "1", "output": answer}], task=other)
+    with pytest.raises(LampDataError, match=f"task '{other}' does not match {task}"):
+        load_split(q, o, task=task)
 
 
 def test_predictions_round_trip_in_the_gold_shape(tmp_path):

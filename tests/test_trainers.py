@@ -98,7 +98,7 @@ def test_user_adapter_learns_the_users_labels(data, tiny_base, trained):
                                                 adapters_dir=str(trained.adapters_dir())))
     assert base_scores["accuracy"] == 0.0
     assert scores["accuracy"] == 1.0, after  # each user always picked one category; the adapter learned it
-    assert json.loads(path.read_text())["task"] == "LaMP_2"
+    assert json.loads(path.read_text())["task"] == "LaMP_2N"
     for folder in trained.adapters_dir().iterdir():
         if folder.is_dir():
             log = AdapterRecord.from_folder(folder)

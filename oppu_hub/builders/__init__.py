@@ -6,7 +6,9 @@ time-based user split is :mod:`.split`. Each task is written atomically to ``{ou
 ``{split}_questions.json`` + ``{split}_outputs.json`` (official LaMP shape, via :func:`oppu_hub.data.write_split`)
 and ``manifest.json`` (sources with hashes, config, counts, drops, content hash). A rebuild with the same
 recipe (config, source hashes, builder version) leaves the folder untouched ("up to date"); any other
-existing folder is only replaced with ``force=True``. See ``builders/README.md`` for the task recipes.
+existing folder is only replaced with ``force=True``. ``BuildConfig.sources`` points a task at the user's own copy
+of a source file (another news slice, another Amazon category...). See ``builders/README.md`` for the task recipes
+and the fields each source file needs.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..data import file_task_name
 from ..io import TargetExistsError, atomic_dir, read_json, write_json
 from ..tasks import Task, get_task
 from . import citations, movies, news, papers, reviews, tweets
-from .base import EmptyBuildError, SourceData, SourceError, sha256_file
+from .base import EmptyBuildError, Source, SourceData, SourceError, require_any, sha256_file
 from .split import (
     SPLIT_ORDER,
     assign_users,
@@ -36,38 +39,30 @@ from .split import (
 )
 
 __all__ = ["BUILDER_VERSION", "TASK_SOURCES", "BuildConfig", "EmptyBuildError", "SourceError",
-           "TargetExistsError", "available_tasks", "build", "build_task", "format_summary"]
+           "TargetExistsError", "available_tasks", "build", "build_task", "format_summary", "task_files"]
 
 BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)
 class TaskSource:
-    """How one task is built: the source files it reads (relative to ``source_dir``) and its reader."""
+    """How one task is built: its source files by role, each a tuple of alternative paths relative to
+    ``source_dir`` (every one present is read; at least one is needed), and its reader."""
 
-    files: Callable[[Path], list[str]]
-    load: Callable[[Path, int], SourceData]
-
-
-def _fixed(*rels: str) -> Callable[[Path], list[str]]:
-    def files(source_dir: Path) -> list[str]:
-        for rel in rels:
-            if not (source_dir / rel).is_file():
-                raise SourceError(f"{source_dir / rel}: source file not found")
-        return list(rels)
-
-    return files
+    files: dict[str, tuple[str, ...]]
+    load: Callable[[Source, int], SourceData]
 
 
 TASK_SOURCES: dict[str, TaskSource] = {
-    "LaMP-1": TaskSource(_fixed(citations.METADATA_FILE, citations.CITATIONS_FILE), citations.load_citations),
-    "LaMP-2N": TaskSource(_fixed(news.NEWS_FILE), news.load_categories),
-    "LaMP-2M": TaskSource(lambda d: _fixed(movies.TAGS_FILE, movies.LINKS_FILE)(d) + movies.tmdb_files(d),
+    "LaMP-1": TaskSource({"metadata": (citations.METADATA_FILE,), "citations": (citations.CITATIONS_FILE,)},
+                         citations.load_citations),
+    "LaMP-2N": TaskSource({"news": (news.NEWS_FILE,)}, news.load_categories),
+    "LaMP-2M": TaskSource({"tags": (movies.TAGS_FILE,), "links": (movies.LINKS_FILE,), "overviews": movies.TMDB_FILES},
                           movies.load_movies),
-    "LaMP-3": TaskSource(_fixed(reviews.REVIEWS_FILE), reviews.load_reviews),
-    "LaMP-4": TaskSource(_fixed(news.NEWS_FILE), news.load_headlines),
-    "LaMP-5": TaskSource(_fixed(papers.PAPERS_FILE), papers.load_papers),
-    "LaMP-7": TaskSource(_fixed(tweets.TWEETS_FILE), tweets.load_tweets),
+    "LaMP-3": TaskSource({"reviews": (reviews.REVIEWS_FILE,)}, reviews.load_reviews),
+    "LaMP-4": TaskSource({"news": (news.NEWS_FILE,)}, news.load_headlines),
+    "LaMP-5": TaskSource({"papers": (papers.PAPERS_FILE,)}, papers.load_papers),
+    "LaMP-7": TaskSource({"tweets": (tweets.TWEETS_FILE,)}, tweets.load_tweets),
 }
 
 
@@ -94,6 +89,11 @@ class BuildConfig:
             and dev shrink in proportion, so thin sources keep train users); 1.0 lets the counts alone decide.
         seed: seeds the dev draw and LaMP-1's reference choice and option order.
         force: replace an existing task folder built with another config/sources (or not by this builder).
+        sources: the user's own source files, read instead of ``source_dir``'s: ``TASK=PATH`` for a task that
+            reads one file (``LaMP-3=Books_5.json.gz``), ``TASK:ROLE=PATH`` to name the file of a task that reads
+            several (``LaMP-1:citations=acl.txt.gz``; roles in :data:`TASK_SOURCES` and ``builders/README.md``).
+            Per task: ``LaMP-2N=news.json.gz`` does not change LaMP-4. A task with such a file is built (``tasks``
+            ``None``) or must be among ``tasks``; a missing or malformed file is an error, never a skip.
     """
 
     source_dir: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_SOURCE", "../shared/data"),
@@ -109,19 +109,30 @@ class BuildConfig:
     max_test_fraction: float = field(default=0.5, metadata={"help": "test + dev take at most this share of users"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     force: bool = field(default=False, metadata={"help": "replace task folders built with another config"})
+    sources: list[str] | None = field(default=None, metadata={
+        "help": "your own source files: TASK=PATH or TASK:ROLE=PATH (e.g. LaMP-3=Books_5.json.gz)"})
     _names: tuple[str, ...] = field(init=False, repr=False, default=())
+    _own: dict[str, dict[str, Path]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.source_dir, self.out_dir = Path(self.source_dir), Path(self.out_dir)
-        if not self.source_dir.is_dir():
-            raise SourceError(f"{self.source_dir}: source folder not found")
-        if (self.source_dir / "raw").is_dir() and not any(
-                (self.source_dir / rel.split("/")[0]).is_dir() for rel in _all_files()):
-            self.source_dir = self.source_dir / "raw"
         if self.tasks is not None:
             if isinstance(self.tasks, str):
                 self.tasks = [self.tasks]
             self._names = tuple(dict.fromkeys(get_task(t).name for t in self.tasks))
+        if isinstance(self.sources, str):
+            self.sources = [self.sources]
+        self._own = _parse_sources(self.sources or [])
+        outside = [t for t in self._own if self._names and t not in self._names]
+        if outside:
+            raise ValueError(f"sources are given for {', '.join(outside)}, which tasks {list(self._names)} omit")
+        own_only = bool(self._names) and all(set(TASK_SOURCES[t].files) <= set(self._own.get(t, {}))
+                                             for t in self._names)
+        if not own_only and not self.source_dir.is_dir():
+            raise SourceError(f"{self.source_dir}: source folder not found")
+        if (self.source_dir / "raw").is_dir() and not any(
+                (self.source_dir / rel.split("/")[0]).is_dir() for rel in _all_files()):
+            self.source_dir = self.source_dir / "raw"
         checks = {
             "test_users >= 1": self.test_users >= 1,
             "dev_users is a count >= 0": isinstance(self.dev_users, int) and self.dev_users >= 0,
@@ -147,12 +158,49 @@ def _all_files() -> list[str]:
             citations.METADATA_FILE, tweets.TWEETS_FILE]
 
 
+def _parse_sources(entries: list[str]) -> dict[str, dict[str, Path]]:
+    """``{task: {role: path}}`` from ``TASK=PATH`` / ``TASK:ROLE=PATH`` entries (see :class:`BuildConfig`)."""
+    own: dict[str, dict[str, Path]] = {}
+    for entry in entries:
+        key, sep, path = entry.partition("=")
+        if not sep or not key.strip() or not path.strip():
+            raise ValueError(f"source {entry!r}: expected TASK=PATH or TASK:ROLE=PATH")
+        name, _, role = (part.strip() for part in key.partition(":"))
+        task = get_task(name).name
+        roles = list(TASK_SOURCES[task].files)
+        if not role and len(roles) > 1:
+            raise ValueError(f"source {entry!r}: {task} reads several files ({', '.join(roles)}); name one, e.g. "
+                             f"{task}:{roles[0]}=PATH")
+        role = role or roles[0]
+        if role not in roles:
+            raise ValueError(f"source {entry!r}: {task} has no source file {role!r}; its files: {', '.join(roles)}")
+        if role in own.get(task, {}):
+            raise ValueError(f"source {entry!r}: {task}:{role} is given twice")
+        own.setdefault(task, {})[role] = Path(path.strip()).expanduser()
+    return own
+
+
+def task_files(task: str, source_dir: Path, own: Mapping[str, Path] | None = None) -> dict[str, Path]:
+    """The files a task reads, ``{default path relative to source_dir: file}``: ``source_dir``'s, or for a role in
+    ``own`` (``{role: path}``) the user's file in place of the role's (first) default. A missing file raises
+    SourceError."""
+    files: dict[str, Path] = {}
+    for role, rels in TASK_SOURCES[task].files.items():
+        if own and role in own:
+            if not own[role].is_file():
+                raise SourceError(f"{own[role]}: source file not found (given for {task}:{role})")
+            files[rels[0]] = own[role]
+        else:
+            files.update(require_any(source_dir, rels))
+    return files
+
+
 def available_tasks(source_dir: str | Path) -> dict[str, str | None]:
     """``{task: None}`` for tasks whose sources exist, ``{task: reason}`` for the others."""
     out: dict[str, str | None] = {}
-    for name, spec in TASK_SOURCES.items():
+    for name in TASK_SOURCES:
         try:
-            spec.files(Path(source_dir))
+            task_files(name, Path(source_dir))
             out[name] = None
         except SourceError as e:
             out[name] = str(e)
@@ -172,29 +220,30 @@ def build(config: BuildConfig, progress: bool = True) -> dict[str, dict[str, Any
     for name in bar:
         bar.set_postfix_str(name)
         try:
-            rels = TASK_SOURCES[name].files(config.source_dir)
+            paths = task_files(name, config.source_dir, config._own.get(name))
         except SourceError as e:
-            if config._names:
+            if config._names or name in config._own:
                 raise SourceError(f"{name}: {e}") from None
             results[name] = {"task": name, "status": "skipped", "reason": str(e)}
             _say(progress, f"{name}: skipped ({e})")
             continue
-        _say(progress, f"{name}: building from {', '.join(rels)} ...")
-        results[name] = build_task(get_task(name), config, rels, hashes)
+        _say(progress, f"{name}: building from {', '.join(map(str, paths.values()))} ...")
+        results[name] = build_task(get_task(name), config, paths, hashes)
         _say(progress, f"{name}: {results[name]['status']}")
     return results
 
 
-def build_task(task: Task, config: BuildConfig, rels: list[str],
+def build_task(task: Task, config: BuildConfig, paths: Mapping[str, Path],
                hash_cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Build one task folder (or confirm it is up to date); see :func:`build`."""
+    """Build one task folder from ``paths`` (:func:`task_files`), or confirm it is up to date; see :func:`build`.
+    The manifest lists each file by its default relative path, with ``path`` where a user's own file stood in."""
     cache = {} if hash_cache is None else hash_cache
     sources = []
-    for rel in rels:
-        path = Path(config.source_dir) / rel
+    for rel, path in paths.items():
         if path not in cache:
             cache[path] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        sources.append({"file": rel, **cache[path]})
+        own = {} if path == Path(config.source_dir) / rel else {"path": str(path.resolve())}
+        sources.append({"file": rel, **own, **cache[path]})
     recipe = {"builder_version": BUILDER_VERSION, "config": config.recipe(), "sources": sources}
     folder = Path(config.out_dir) / task.name
     status = "built"
@@ -206,7 +255,7 @@ def build_task(task: Task, config: BuildConfig, rels: list[str],
             raise TargetExistsError(f"{folder} exists and {problem}; pass force=True (--force) to replace it")
         status = "rebuilt"
 
-    data = TASK_SOURCES[task.name].load(Path(config.source_dir), config.seed)
+    data = TASK_SOURCES[task.name].load(paths, config.seed)
     dropped: Counter[str] = Counter(data.dropped)
     users = timelines(data, config.queries_per_user, config.min_history, dropped)
     if not users:
@@ -224,7 +273,7 @@ def build_task(task: Task, config: BuildConfig, rels: list[str],
         files = write_task_files(task, questions, tmp)
         manifest = {
             "task": task.name,
-            "lamp_name": task.lamp_name,
+            "lamp_name": file_task_name(task),
             **recipe,
             "source_users": len(data.users),
             "source_items": len({id(i) for items in data.users.values() for i in items}),

@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,31 @@ def text_key(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", strip_accents(text).casefold()))
 
 
-def require(source_dir: Path, rel: str) -> Path:
-    path = Path(source_dir) / rel
-    if not path.is_file():
-        raise SourceError(f"{path}: source file not found (expected under {source_dir})")
-    return path
+Source = Path | Mapping[str, Path]
+"""Where a reader finds its files: a source folder (``folder / rel``), or the files a build resolved for the task,
+``{default relative path: file}``, where a user's own file may stand in for the default (``BuildConfig.sources``)."""
+
+
+def locate(source: Source, rel: str) -> Path | None:
+    """The file that stands for ``rel`` in ``source``, or ``None`` when there is none."""
+    path = source.get(rel) if isinstance(source, Mapping) else Path(source) / rel
+    return path if path is not None and path.is_file() else None
+
+
+def require(source: Source, rel: str) -> Path:
+    """Like :func:`locate`, but a missing file raises SourceError."""
+    return require_any(source, (rel,))[rel]
+
+
+def require_any(source: Source, rels: Sequence[str]) -> dict[str, Path]:
+    """``{rel: file}`` for those of the alternatives ``rels`` that ``source`` has; at least one is needed."""
+    found = {rel: path for rel in rels if (path := locate(source, rel)) is not None}
+    if not found:
+        mapped = isinstance(source, Mapping)
+        others = f" (nor {', '.join(rels[1:])})" if len(rels) > 1 else ""
+        under = "" if mapped else f" (expected under {source})"
+        raise SourceError(f"{rels[0] if mapped else Path(source) / rels[0]}: source file not found{others}{under}")
+    return found
 
 
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:

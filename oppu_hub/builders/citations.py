@@ -27,7 +27,7 @@ from bisect import bisect_right
 from collections import Counter
 from pathlib import Path
 
-from .base import Item, SourceData, SourceError, clean, name_key, require, slug, text_key
+from .base import Item, Source, SourceData, SourceError, clean, name_key, require, slug, text_key
 
 METADATA_FILE = "aan/acl-metadata.txt.gz"
 CITATIONS_FILE = "aan/acl.txt.gz"
@@ -102,9 +102,9 @@ def read_citations(path: Path) -> list[tuple[str, str]]:
     return edges
 
 
-def load_citations(source_dir: Path, seed: int) -> SourceData:
+def load_citations(source: Source, seed: int) -> SourceData:
     """LaMP-1 items: ``{id, title, abstract, date}`` with a query (title vs two options) where possible."""
-    meta_path, cite_path = require(source_dir, METADATA_FILE), require(source_dir, CITATIONS_FILE)
+    meta_path, cite_path = require(source, METADATA_FILE), require(source, CITATIONS_FILE)
     dropped: Counter[str] = Counter()
     papers: dict[str, dict] = {}
     for block in read_metadata(meta_path):

@@ -13,32 +13,21 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 
 from ..tasks import MOVIE_TAGS
-from .base import Item, SourceData, SourceError, clean, read_csv, require
+from .base import Item, Source, SourceData, SourceError, clean, read_csv, require, require_any
 
 TAGS_FILE = "movielens/ml-latest-small_tags.csv"
 LINKS_FILE = "movielens/ml-latest-small_links.csv"
 TMDB_FILES = ("movielens/tmdb_5000_movies.csv.gz", "movielens/top10K-TMDB-movies.csv.gz")
 
 
-def tmdb_files(source_dir: Path) -> list[str]:
-    """The TMDB overview files present (at least one is needed)."""
-    present = [rel for rel in TMDB_FILES if (Path(source_dir) / rel).is_file()]
-    if not present:
-        raise SourceError(f"{Path(source_dir) / TMDB_FILES[0]}: source file not found (nor {TMDB_FILES[1]}); "
-                          f"LaMP-2M needs TMDB overviews")
-    return present
-
-
-def load_movies(source_dir: Path, seed: int) -> SourceData:
+def load_movies(source: Source, seed: int) -> SourceData:
     """LaMP-2M items: ``{id, description, tag, date}`` (id = MovieLens movieId)."""
-    source_dir = Path(source_dir)
-    tags_path, links_path = require(source_dir, TAGS_FILE), require(source_dir, LINKS_FILE)
+    tags_path, links_path = require(source, TAGS_FILE), require(source, LINKS_FILE)
     overviews: dict[str, str] = {}
-    for rel in tmdb_files(source_dir):
-        for _, row in read_csv(source_dir / rel, required=("id", "overview")):
+    for path in require_any(source, TMDB_FILES).values():
+        for _, row in read_csv(path, required=("id", "overview")):
             text = clean(row["overview"])
             if text and row["id"].strip() not in overviews:
                 overviews[row["id"].strip()] = text

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
 
-from .base import Item, SourceData, SourceError, clean, name_key, read_jsonl, require, slug, text_key
+from .base import Item, Source, SourceData, SourceError, clean, name_key, read_jsonl, require, slug, text_key
 
 NEWS_FILE = "news_category/News_Category_Dataset_v3.first10000.json.gz"
 
@@ -71,8 +70,8 @@ def first_author(authors: str) -> str | None:
     return None
 
 
-def _read(source_dir: Path, *, categories: bool) -> SourceData:
-    path = require(source_dir, NEWS_FILE)
+def _read(source: Source, *, categories: bool) -> SourceData:
+    path = require(source, NEWS_FILE)
     users: dict[str, list[Item]] = {}
     dropped: Counter[str] = Counter()
     for n, rec in read_jsonl(path, required=("headline", "category", "short_description", "authors", "date")):
@@ -106,11 +105,11 @@ def _read(source_dir: Path, *, categories: bool) -> SourceData:
     return SourceData(users, dropped, notes)
 
 
-def load_categories(source_dir: Path, seed: int) -> SourceData:
+def load_categories(source: Source, seed: int) -> SourceData:
     """LaMP-2N items: ``{id, text, title, category, date}``."""
-    return _read(source_dir, categories=True)
+    return _read(source, categories=True)
 
 
-def load_headlines(source_dir: Path, seed: int) -> SourceData:
+def load_headlines(source: Source, seed: int) -> SourceData:
     """LaMP-4 items: ``{id, text, title, date}``."""
-    return _read(source_dir, categories=False)
+    return _read(source, categories=False)

@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .base import Item, SourceData, SourceError, clean, name_key, read_jsonl, require, slug, text_key
+from .base import Item, Source, SourceData, SourceError, clean, name_key, read_jsonl, require, slug, text_key
 
 PAPERS_FILE = "paperlists/paperlists_ml_nlp_cv.jsonl.gz"
 
@@ -53,9 +53,9 @@ def _authors(rec: dict, path: Path, n: int) -> list[tuple[str, str | None]]:
     return [(name, aid.strip() or None) for name, aid in zip(names, ids, strict=True) if name_key(name)]
 
 
-def load_papers(source_dir: Path, seed: int) -> SourceData:
+def load_papers(source: Source, seed: int) -> SourceData:
     """LaMP-5 items: ``{id, title, abstract, date}`` (id = line number in the dump)."""
-    path = require(source_dir, PAPERS_FILE)
+    path = require(source, PAPERS_FILE)
     dropped: Counter[str] = Counter()
     papers = []
     seen_titles: set[str] = set()

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 
-from .base import Item, SourceData, SourceError, clean, read_jsonl, require, text_key
+from .base import Item, Source, SourceData, SourceError, clean, read_jsonl, require, text_key
 
 REVIEWS_FILE = "amazon_reviews_2018_5core/All_Beauty_5.json.gz"
 
 
-def load_reviews(source_dir: Path, seed: int) -> SourceData:
+def load_reviews(source: Source, seed: int) -> SourceData:
     """LaMP-3 items: ``{id, text, score, date}``."""
-    path = require(source_dir, REVIEWS_FILE)
+    path = require(source, REVIEWS_FILE)
     users: dict[str, list[Item]] = {}
     dropped: Counter[str] = Counter()
     for n, rec in read_jsonl(path, required=("overall", "reviewerID", "unixReviewTime")):

@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .base import Item, SourceData, SourceError, clean, read_csv, require, text_key
+from .base import Item, Source, SourceData, SourceError, clean, read_csv, require, text_key
 
 TWEETS_FILE = "airline_tweets/Tweets_airline_excel_mangled.csv.gz"
 
@@ -41,9 +41,9 @@ def _date(value: str, path: Path, n: int) -> str:
     return f"{year}-{int(month):02d}-{int(day):02d} {int(hour):02d}:{minute}"
 
 
-def load_tweets(source_dir: Path, seed: int) -> SourceData:
+def load_tweets(source: Source, seed: int) -> SourceData:
     """LaMP-7 items: ``{id, text, date}``; query = (plain_text(tweet), tweet)."""
-    path = require(source_dir, TWEETS_FILE)
+    path = require(source, TWEETS_FILE)
     users: dict[str, list[Item]] = {}
     dropped: Counter[str] = Counter()
     for n, row in read_csv(path, required=("name", "text", "tweet_created")):

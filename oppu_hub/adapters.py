@@ -44,7 +44,9 @@ class AdapterRecord:
         profile: whether training prompts carried the user's profile text.
         history_format: ``full`` items, or only their ``input`` / ``output`` side.
         num_history_items: history items trained on (cumulative over ``--update`` runs).
-        last_item_id / last_item_date: the newest history item seen (``--update`` trains on newer ones).
+        last_item_id / last_item_date: the newest history item seen.
+        trained_item_ids: ids of every history item trained on (``--update`` trains on the others); empty in
+            records written before it existed.
         train_loss: final training loss of the last run.
         training: hyperparameters of the run.
         metrics: evaluation scores, filled in by evaluation when known.
@@ -61,6 +63,7 @@ class AdapterRecord:
     num_history_items: int = 0
     last_item_id: str | None = None
     last_item_date: str | None = None
+    trained_item_ids: list[str] = field(default_factory=list)
     train_loss: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -115,7 +118,7 @@ def check_base(record: AdapterRecord, base_fingerprint: str, *, where: str = "")
 
 
 def check_setting(record: AdapterRecord, *, k: int, profile: bool, history_format: str = "full",
-                  where: str = "") -> None:
+                  where: str = "", hint: str = "or pass --allow_setting_mismatch to use it anyway") -> None:
     """Raise :class:`AdapterSettingMismatchError` unless the adapter was trained with prompts of this k, profile
     setting and history format (the paper pairs each column with adapters trained the same way)."""
     want = {"k": k, "profile": profile, "history_format": history_format}
@@ -124,7 +127,7 @@ def check_setting(record: AdapterRecord, *, k: int, profile: bool, history_forma
         diff = ", ".join(f"{key}={have[key]!r} (requested {want[key]!r})" for key in want if want[key] != have[key])
         raise AdapterSettingMismatchError(
             f"adapter {where or record.user_id!r} was trained with {diff}; train adapters with the requested "
-            f"setting, or pass --allow_setting_mismatch to use it anyway")
+            f"setting{', ' + hint if hint else ''}")
 
 
 def _version() -> str:

@@ -23,9 +23,18 @@ KNOWN_HUB_BASES = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
-def hash_user_ids_default() -> bool:
-    """Whether user ids are hashed when nobody says otherwise: ``$OPPU_HUB_HASH_USER_IDS`` (``1``/``true``)."""
-    return os.environ.get(HASH_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def hash_user_ids_default(default: bool) -> bool:
+    """Whether user ids are hashed when nobody says otherwise: ``$OPPU_HUB_HASH_USER_IDS`` (``1``/``true`` or
+    ``0``/``false``) when set, else ``default`` (a store's own default: hashed on the Hub, raw in a local store)."""
+    value = os.environ.get(HASH_ENV, "").strip().lower()
+    if not value:
+        return default
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"${HASH_ENV}={value!r}: expected 1/true/yes/on or 0/false/no/off")
+    return value in _TRUE
 
 
 def hash_user_id(user_id: str, salt: str | None = None, *, length: int = 16) -> str:
@@ -36,7 +45,8 @@ def hash_user_id(user_id: str, salt: str | None = None, *, length: int = 16) -> 
     """
     salt = salt if salt is not None else os.environ.get(SALT_ENV)
     if not salt:
-        raise ValueError(f"hashing user ids needs a secret salt: pass salt=... or set ${SALT_ENV}")
+        raise ValueError(f"user ids are hashed (the Hub default) and that needs a secret salt: set ${SALT_ENV} "
+                         f"(see docs/hub.md), or name users by their raw id with --raw_user_ids / {HASH_ENV}=0")
     return hmac.new(salt.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()[:length]
 
 

@@ -153,7 +153,20 @@ def load_split(
                                 f"{' ...' if len(missing) > 5 else ''} of {questions_path}")
         for q in questions:
             q.gold = golds[q.id]
+            _check_gold(resolved, q, outputs_path)
     return LampSplit(resolved, questions, source=str(questions_path))
+
+
+def _check_gold(task: Task, q: Question, path: str | Path | None) -> None:
+    """A classification gold must be one of the task's labels, a rating gold a number."""
+    if task.kind == "classification" and q.gold not in task.labels:
+        raise LampDataError(f"{path}: gold {q.gold!r} of question {q.id!r} is not a {task.name} label "
+                            f"({', '.join(task.labels)})")
+    if task.kind == "rating":
+        try:
+            float(q.gold or "")
+        except ValueError:
+            raise LampDataError(f"{path}: gold {q.gold!r} of question {q.id!r} is not a rating") from None
 
 
 def load_task_split(data_dir: str | Path, task: str | Task, split: str) -> LampSplit:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .io import read_json, safe_name, write_json
+from .io import private_dir, read_json, safe_name, write_json
 from .models import DEFAULT_BASE
 from .tasks import Task, get_task
 
@@ -32,7 +32,7 @@ class ProfileConfig:
     Args:
         task / data_dir / split: whose users (all users of the split).
         model: the instruction-following LM that writes profiles (chat template).
-        profiles_dir: cache folder (``{profiles_dir}/{task}/{user}.json``).
+        profiles_dir: cache folder (``{profiles_dir}/{task}/{user}.json``, owner-only).
         num_items: history items shown to the LM (a seeded sample).
         item_chars: each item is cut to this many characters.
         max_new_tokens: profile length budget.
@@ -54,11 +54,13 @@ class ProfileConfig:
 
 
 class ProfileStore:
-    """Read/write access to the cached profiles of one task."""
+    """Read/write access to the cached profiles of one task; the cache is owner-only (0700 folders, 0600 files):
+    a profile summarises a user's history."""
 
     def __init__(self, profiles_dir: str | Path, task: Task | str) -> None:
         self.task = get_task(task)
-        self.folder = Path(profiles_dir) / self.task.name
+        self.root = Path(profiles_dir)
+        self.folder = self.root / self.task.name
 
     def path(self, user_id: str) -> Path:
         return self.folder / f"{safe_name(user_id)}.json"
@@ -71,9 +73,14 @@ class ProfileStore:
         if not path.exists():
             raise ProfileNotFoundError(f"no profile for user {user_id!r} of {self.task.name} in {self.folder}; "
                                        f"generate profiles first: oppu-hub profiles --task {self.task.name}")
-        return read_json(path)["profile"]
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("profile"), str):
+            raise ValueError(f"{path}: not a cached profile (expected an object with a 'profile' text)")
+        return data["profile"]
 
     def put(self, user_id: str, profile: str, meta: Mapping[str, Any]) -> Path:
+        private_dir(self.root)
+        private_dir(self.folder)
         return write_json(self.path(user_id), {"user_id": user_id, "profile": profile, **meta})
 
 

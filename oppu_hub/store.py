@@ -1,14 +1,15 @@
 """Where per-user adapters live: one interface, two stores.
 
 * :class:`HubStore` - the Hugging Face Hub (or any Hub-API endpoint) through ``huggingface_hub.HfApi``: one
-  private model repo per user and task, ``{namespace}/oppu-{task}-{user}``; each push is one commit holding
-  the PEFT files, ``oppu.json`` and the model card.
+  private model repo per user and task, ``{namespace}/oppu-{task}-{user}`` (the user named by a salted hash of
+  their id unless raw ids are asked for); each push is one commit holding the PEFT files, ``oppu.json`` and the
+  model card, and never goes into a public repo unless asked to.
 * :class:`LocalStore` - the embedded default: a folder with the same layout, ``{root}/{namespace}/{repo}/``,
   the same files and card; each push is atomic and a new revision, older ones stay readable.
 
 :func:`open_store` picks one from a spec (``hub:NAMESPACE``, ``hf://NAMESPACE`` or a folder),
-:func:`push_adapter` pushes a finished adapter folder and :func:`load_user_adapter` loads one onto a base,
-refusing an adapter trained on another base.
+:func:`push_adapter` pushes a finished adapter folder, :func:`load_user_adapter` loads one onto a base,
+refusing an adapter trained on another base, and :func:`forget_user` deletes everything kept about a user.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,14 @@ from .adapters import PEFT_FILES, RECORD_FILE, AdapterNotFoundError, AdapterReco
 from .cards import (
     USER_TAG_PREFIX,
     adapter_card,
+    hash_user_id,
     hash_user_ids_default,
     slug,
     task_tag,
     user_label,
     user_tag,
 )
-from .io import atomic_dir
+from .io import atomic_dir, owner_only, private_dir, read_json, recover_dir, safe_name, stale_targets, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ DEFAULT_LOCAL_NAMESPACE = "local"
 README = "README.md"
 HISTORY_DIR = ".history"
 LOG_FILE = "log.jsonl"
+TIMEOUT_ENV = "OPPU_HUB_TIMEOUT"
+DEFAULT_TIMEOUT = 60.0
+# Item ids tie a hashed user back to the (public) dataset: a push that hashes ids leaves them out of oppu.json.
+_ITEM_ID_FIELDS = ("last_item_id", "trained_item_ids")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -69,6 +75,10 @@ class StoreConnectionError(StoreError):
 
 class StoreUploadError(StoreConnectionError):
     """A push failed part-way (network failure, server error): nothing local changed; push again to retry."""
+
+
+class StorePublicRepoError(StoreError):
+    """The target repo is public: pushing would publish a user's adapter."""
 
 
 class AdapterRepoNotFoundError(StoreError):
@@ -122,23 +132,26 @@ def _read_complete(folder: str | Path) -> AdapterRecord:
 
 
 class AdapterStore(ABC):
-    """Where adapters live: ``push`` a folder, ``list`` repos, ``pull`` one (optionally at a revision).
+    """Where adapters live: ``push`` a folder, ``list`` repos, ``pull`` one (optionally at a revision), ``delete``.
 
     Args:
         namespace: the user or organisation owning the repos.
-        hash_user_ids: name users by a salted hash of their id (default ``$OPPU_HUB_HASH_USER_IDS``).
+        hash_user_ids: name users by a salted hash of their id; default ``$OPPU_HUB_HASH_USER_IDS``, else the
+            store's ``hash_by_default`` (the Hub: yes, a local store: no).
         salt: the secret salt of those hashes (default ``$OPPU_HUB_USER_SALT``).
-        private: create new repos private (default; the Hub and the local store both honour it).
+        private: create new repos private (default; the Hub and the local store both honour it), and refuse to
+            push into an existing public repo unless a push asks to make it private.
     """
 
     kind = "store"
+    hash_by_default = False
 
     def __init__(self, namespace: str | None = None, *, hash_user_ids: bool | None = None, salt: str | None = None,
                  private: bool = True):
         if namespace is not None and not _REPO_PART.match(namespace):
             raise ValueError(f"invalid namespace {namespace!r}")
         self._namespace = namespace
-        self.hash_user_ids = hash_user_ids_default() if hash_user_ids is None else hash_user_ids
+        self.hash_user_ids = hash_user_ids_default(self.hash_by_default) if hash_user_ids is None else hash_user_ids
         self.salt = salt
         self.private = private
 
@@ -152,6 +165,10 @@ class AdapterStore(ABC):
     def label(self, user_id: str) -> str:
         """How ``user_id`` is named in repo names, tags and cards (raw, or salted hash)."""
         return user_label(user_id, hash_user_ids=self.hash_user_ids, salt=self.salt)
+
+    def check_naming(self) -> None:
+        """Fail now, not after training, when users cannot be named (hashed ids without a salt)."""
+        self.label("")
 
     def repo_id(self, user_id: str, task: str) -> str:
         """The repo of a user's adapter for a task: ``{namespace}/oppu-{task}-{user}``."""
@@ -167,13 +184,15 @@ class AdapterStore(ABC):
 
     def repo_files(self, folder: str | Path, record: AdapterRecord, repo_id: str,
                    base_model: str | None = None) -> dict[str, Path | bytes]:
-        """What one push commits: the PEFT files, ``oppu.json`` (user id replaced by its hash when hashing)
-        and the model card ``README.md``."""
+        """What one push commits: the PEFT files, ``oppu.json`` (when hashing: the user id replaced by its hash,
+        the item ids left out) and the model card ``README.md``."""
         label = self.label(record.user_id)
         data = dataclasses.asdict(record)
         if self.hash_user_ids:
             data["user_id"] = label
             data["user_id_hashed"] = True
+            for name in _ITEM_ID_FIELDS:
+                data.pop(name, None)
         card = adapter_card(record, repo_id=repo_id, label=label, base_model=base_model)
         files: dict[str, Path | bytes] = {name: Path(folder) / name for name in PEFT_FILES}
         files[RECORD_FILE] = (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode()
@@ -184,23 +203,58 @@ class AdapterStore(ABC):
         return (f"oppu-hub: {record.task} {record.peft_type} adapter of user {self.label(record.user_id)} "
                 f"({record.num_history_items} history items)")
 
+    def _keeps_private(self, repo_id: str, public: bool | None, private: bool | None, make_private: bool) -> bool:
+        """Whether a push leaves ``repo_id`` private. ``public`` is the repo's visibility (``None``: a new repo).
+        An existing repo keeps its visibility, except that a public repo is made private with ``make_private``;
+        a push that wants a private repo (the default) refuses a public one otherwise."""
+        want_private = self.private if private is None else private
+        if public is None:
+            return want_private
+        if public and want_private and not make_private:
+            raise StorePublicRepoError(
+                f"{repo_id} is public: pushing would publish this user's adapter; pass --make_private to make the "
+                f"repo private first, or --no_private to publish it")
+        return not public or make_private
+
     # -- the interface --------------------------------------------------------------------------------------
     @abstractmethod
     def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
-             private: bool | None = None) -> PushResult:
-        """Push the adapter in ``folder`` (left untouched) as a new revision of its user's repo."""
+             private: bool | None = None, make_private: bool = False) -> PushResult:
+        """Push the adapter in ``folder`` (left untouched) as a new revision of its user's repo. A public repo is
+        refused (:class:`StorePublicRepoError`) unless ``make_private`` makes it private first or the push is
+        public (``private=False``)."""
 
-    @abstractmethod
     def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
         """The namespace's adapter repos, optionally of one user and/or task."""
+        return self._list(self.filter_tags(user_id, task))
+
+    @abstractmethod
+    def _list(self, tags: Sequence[str]) -> list[AdapterRef]:
+        """The namespace's repos carrying every tag of ``tags``, sorted by repo id."""
 
     @abstractmethod
     def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
-        """A local folder holding the adapter of ``repo_id`` at ``revision`` (default: the latest)."""
+        """A local folder holding the adapter of ``repo_id`` at ``revision`` (default: the latest). A new
+        ``local_dir`` appears whole and owner-only; files copied into an existing one are made owner-only."""
 
     @abstractmethod
     def history(self, repo_id: str) -> list[str]:
         """The revisions of a repo, newest first."""
+
+    @abstractmethod
+    def delete(self, repo_id: str) -> None:
+        """Delete a repo with all its revisions (nothing happens when it does not exist)."""
+
+    def delete_user(self, user_id: str) -> list[str]:
+        """Delete every adapter repo of ``user_id`` in the namespace (all tasks), whether it is named by the raw id
+        or by its hash (when a salt is known); returns the deleted repo ids."""
+        labels = {self.label(user_id), str(user_id)}
+        with contextlib.suppress(ValueError):  # no salt: only repos named by the raw id can be found
+            labels.add(hash_user_id(user_id, self.salt))
+        repos = sorted({ref.repo_id for label in labels for ref in self._list(["oppu", user_tag(label)])})
+        for repo_id in repos:
+            self.delete(repo_id)
+        return repos
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
@@ -209,27 +263,55 @@ class AdapterStore(ABC):
         return self.kind
 
 
+def _request_url(error: BaseException) -> str:
+    """The URL of the HTTP request behind ``error`` (an httpx or huggingface_hub error, or one they caused)."""
+    for e in (error, error.__cause__, error.__context__):
+        response = getattr(e, "response", None)
+        with contextlib.suppress(AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is set
+            return str((response if response is not None else e).request.url)
+    return ""
+
+
+_STEPS = (("/preupload/", "preupload"), ("/commit/", "commit"), ("/api/repos/create", "create repo"),
+          ("/settings", "make private"), ("/api/repos/delete", "delete repo"), ("/api/whoami", "whoami"),
+          ("/api/validate-yaml", "validate card"), ("/resolve/", "download"), ("/tree/", "list files"),
+          ("/commits/", "history"), ("/api/models", "repo info"))
+
+
+def _step(error: BaseException) -> str:
+    """Which Hub call failed (``preupload``, ``commit``...), from the URL of the failed request."""
+    url = _request_url(error)
+    return next((step for fragment, step in _STEPS if fragment in url), "request")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face Hub
 # ------------------------------------------------------------------------------------------------------------
 class HubStore(AdapterStore):
-    """Adapters on the Hugging Face Hub (or any Hub-API endpoint).
+    """Adapters on the Hugging Face Hub (or any Hub-API endpoint). Users are named by a salted hash of their id
+    unless ``hash_user_ids=False`` (or ``$OPPU_HUB_HASH_USER_IDS=0``).
 
     Args:
         namespace: the user or organisation to push to and list (default: the token's user).
         endpoint: the Hub URL (default ``$HF_ENDPOINT``, else https://huggingface.co).
         token: an access token (default: ``$HF_TOKEN`` or the one saved by ``hf auth login``).
+        timeout: seconds a Hub request may stall before it fails (default ``$OPPU_HUB_TIMEOUT``, else 60);
+            ``huggingface_hub``'s shared client has none, so a stalled Hub would hang a push forever. It is set
+            on that shared client, so it holds for the whole process.
     """
 
     kind = "hub"
+    hash_by_default = True
 
     def __init__(self, namespace: str | None = None, *, endpoint: str | None = None, token: str | None = None,
-                 hash_user_ids: bool | None = None, salt: str | None = None, private: bool = True):
+                 hash_user_ids: bool | None = None, salt: str | None = None, private: bool = True,
+                 timeout: float | None = None):
         super().__init__(namespace, hash_user_ids=hash_user_ids, salt=salt, private=private)
         from huggingface_hub import HfApi, constants
 
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         self.token = token
+        self.timeout = float(timeout or os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
         self.api = HfApi(endpoint=self.endpoint, token=token)
 
     def describe(self) -> str:
@@ -257,8 +339,10 @@ class HubStore(AdapterStore):
 
     @contextlib.contextmanager
     def _errors(self, action: str, repo_id: str | None = None, *, upload: bool = False) -> Iterator[None]:
-        """Translate huggingface_hub/httpx failures into the store's errors."""
+        """Run Hub calls with :attr:`timeout` and translate huggingface_hub/httpx failures into the store's errors,
+        naming the repo and the step (``preupload``, ``commit``...) that failed."""
         import httpx2
+        from huggingface_hub import get_session
         from huggingface_hub.errors import (
             HfHubHTTPError,
             LocalEntryNotFoundError,
@@ -266,6 +350,7 @@ class HubStore(AdapterStore):
             RevisionNotFoundError,
         )
 
+        get_session().timeout = httpx2.Timeout(self.timeout)
         what = f"{action} {repo_id}" if repo_id else action
         retry = "; the local adapter folder is untouched: run the push again to retry" if upload else ""
         try:
@@ -278,25 +363,27 @@ class HubStore(AdapterStore):
                 f"(log in with the owner's token)") from e
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
+            step = _step(e)
             if status == 401:
-                raise StoreAuthError(f"{what}: the token was rejected by {self.endpoint} (HTTP 401); "
-                                     f"run `hf auth login` or set HF_TOKEN") from e
+                raise StoreAuthError(f"{what}: the token was rejected by {self.endpoint} at step '{step}' (HTTP "
+                                     f"401); run `hf auth login` or set HF_TOKEN") from e
             if status == 403:
-                raise StoreAuthError(f"{what}: permission denied by {self.endpoint} (HTTP 403): the token may "
-                                     f"not write there (read-only token, or the repo belongs to someone else)") from e
-            if upload:
-                raise StoreUploadError(f"{what} failed (HTTP {status}){retry}: {e}") from e
-            raise StoreError(f"{what} failed (HTTP {status}): {e}") from e
+                raise StoreAuthError(f"{what}: permission denied by {self.endpoint} at step '{step}' (HTTP 403): "
+                                     f"the token may not write there (read-only token, or the repo belongs to "
+                                     f"someone else)") from e
+            error = StoreUploadError if upload else StoreError
+            raise error(f"{what} failed at step '{step}' (HTTP {status}){retry}: {e}") from e
         except (httpx2.TransportError, LocalEntryNotFoundError) as e:
-            if upload:
-                raise StoreUploadError(f"{what}: connection to {self.endpoint} failed{retry} ({e})") from e
-            raise StoreConnectionError(f"{what}: cannot reach {self.endpoint} ({e})") from e
+            error = StoreUploadError if upload else StoreConnectionError
+            raise error(f"{what} failed at step '{_step(e)}': no answer from {self.endpoint} "
+                        f"({type(e).__name__}: {e}){retry}") from e
 
     def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
-             private: bool | None = None) -> PushResult:
+             private: bool | None = None, make_private: bool = False) -> PushResult:
         from huggingface_hub import CommitOperationAdd
 
         record = _read_complete(folder)
+        self.check_naming()
         token = self._token()
         me = self.whoami()
         if self._namespace is None:
@@ -312,21 +399,22 @@ class HubStore(AdapterStore):
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
                                          else str(content)) for name, content in files.items()]
         with self._errors("push to", repo_id, upload=True):
-            self.api.create_repo(repo_id, private=self.private if private is None else private, exist_ok=True,
-                                 token=token)
-            head = self._head(repo_id, token)
-            info = self.api.create_commit(repo_id, operations, commit_message=commit_message
-                                          or self.commit_message(record), token=token)
-        logger.info("pushed %s to %s@%s", folder, repo_id, info.oid)
-        return PushResult(repo_id=repo_id, revision=info.oid, url=f"{self.endpoint}/{repo_id}",
-                          new_revision=info.oid != head)
+            want_private = self.private if private is None else private
+            self.api.create_repo(repo_id, private=want_private, exist_ok=True, token=token)
+            info = self.api.model_info(repo_id, token=token)  # an existing repo keeps its visibility: check it
+            public = not info.private
+            if self._keeps_private(repo_id, public, private, make_private) and public:
+                self.api.update_repo_settings(repo_id, private=True, token=token)
+                logger.info("made %s private", repo_id)
+            commit = self.api.create_commit(repo_id, operations, commit_message=commit_message
+                                            or self.commit_message(record), token=token)
+        logger.info("pushed %s to %s@%s", folder, repo_id, commit.oid)
+        return PushResult(repo_id=repo_id, revision=commit.oid, url=f"{self.endpoint}/{repo_id}",
+                          new_revision=commit.oid != info.sha)
 
-    def _head(self, repo_id: str, token: str) -> str | None:
-        return self.api.model_info(repo_id, token=token).sha
-
-    def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
+    def _list(self, tags: Sequence[str]) -> list[AdapterRef]:
         with self._errors("list", self._namespace):
-            models = self.api.list_models(author=self.namespace, filter=self.filter_tags(user_id, task),
+            models = self.api.list_models(author=self.namespace, filter=list(tags),
                                           expand=["sha", "private", "tags", "lastModified"])
             refs = [_ref_from_tags(m.id, m.tags, private=m.private, revision=m.sha,
                                    last_modified=m.last_modified.isoformat() if m.last_modified else None)
@@ -336,14 +424,37 @@ class HubStore(AdapterStore):
     def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
         from huggingface_hub import snapshot_download
 
+        def download(into: Path | None) -> Path:
+            return Path(snapshot_download(repo_id, revision=revision, token=self.token, endpoint=self.endpoint,
+                                          local_dir=into))
+
         with self._errors("pull", repo_id):
-            path = snapshot_download(repo_id, revision=revision, token=self.token, endpoint=self.endpoint,
-                                     local_dir=local_dir)
-        return Path(path)
+            if local_dir is None:
+                return download(None)
+            local_dir = Path(local_dir)
+            if not local_dir.exists():
+                with atomic_dir(local_dir, mode=0o700) as tmp:
+                    download(tmp)
+                return local_dir
+            names = [s.rfilename for s in self.api.model_info(repo_id, revision=revision).siblings or []]
+            download(local_dir)
+        for name in [*names, ".cache"]:
+            if (local_dir / name).exists():
+                owner_only(local_dir / name)
+        return local_dir
 
     def history(self, repo_id: str) -> list[str]:
         with self._errors("history of", repo_id):
             return [c.commit_id for c in self.api.list_repo_commits(repo_id)]
+
+    def delete(self, repo_id: str) -> None:
+        """Delete the repo on the Hub (the owner's token) and this machine's cached download of it."""
+        from huggingface_hub import constants
+
+        token = self._token()
+        with self._errors("delete", repo_id):
+            self.api.delete_repo(repo_id, token=token, missing_ok=True)
+        shutil.rmtree(Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -361,8 +472,9 @@ class LocalStore(AdapterStore):
     """Adapters in a local folder laid out like the Hub: ``{root}/{namespace}/{repo}/`` holds the latest files
     (PEFT files, ``oppu.json``, ``README.md``), and ``{repo}/.history/{n}/`` every revision ``n`` with
     ``.history/log.jsonl`` (one line per revision: ``n``, ``sha``, ``parent``, message, date, file hashes).
-    Private repos are folders with permissions 0700. A push replaces the repo folder in one rename (older
-    revisions are hard-linked across, not copied), under a lock, so readers never see half a push.
+    Private repos are owner-only (folders 0700, files 0600/0400), and so are the root and namespace folders of a
+    private store (the repo names carry user ids). A push replaces the repo folder in one rename (older revisions
+    are hard-linked across, not copied), under a lock, so readers never see half a push.
 
     Args:
         root: the store folder.
@@ -395,18 +507,24 @@ class LocalStore(AdapterStore):
 
     @contextlib.contextmanager
     def _lock(self, repo: Path) -> Iterator[None]:
+        """Hold the repo's lock; a crash-interrupted replacement of the repo is finished first."""
         import fcntl
 
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        with open(repo.parent / f".{repo.name}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        for folder in (self.root, repo.parent):
+            if self.private:
+                private_dir(folder)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(repo.parent / f".{repo.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            recover_dir(repo)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
-             private: bool | None = None) -> PushResult:
+             private: bool | None = None, make_private: bool = False) -> PushResult:
         record = _read_complete(folder)
         repo_id = self.repo_id(record.user_id, record.task)
         repo = self.repo_dir(repo_id)
@@ -416,13 +534,13 @@ class LocalStore(AdapterStore):
         with self._lock(repo):
             if repo.exists() and not os.access(repo, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreNamespaceError(f"{repo} exists and belongs to someone else (no permission)")
+            public = bool(repo.stat().st_mode & 0o077) if repo.exists() else None
+            is_private = self._keeps_private(repo_id, public, private, make_private)
             log = self._log(repo)
             if log and log[-1]["files"] == hashes:
+                if is_private and public:
+                    owner_only(repo)
                 return PushResult(repo_id, log[-1]["sha"], str(repo), new_revision=False)
-            if repo.exists():
-                is_private = (repo.stat().st_mode & 0o077) == 0
-            else:
-                is_private = self.private if private is None else private
             n = len(log) + 1
             parent = log[-1]["sha"] if log else None
             entry = {"n": n, "sha": "", "parent": parent, "message": commit_message or self.commit_message(record),
@@ -445,6 +563,9 @@ class LocalStore(AdapterStore):
 
     def _resolve(self, repo_id: str, revision: str | None) -> tuple[Path, dict[str, Any]]:
         repo = self.repo_dir(repo_id)
+        if not repo.exists() and repo in stale_targets(repo.parent):
+            with self._lock(repo):  # an interrupted push left the previous version aside: put it back
+                pass
         if repo.exists() and not os.access(repo, os.R_OK | os.X_OK):
             raise AdapterRepoNotFoundError(f"{repo_id}: private repo of someone else (no permission on {repo})")
         log = self._log(repo)
@@ -464,20 +585,41 @@ class LocalStore(AdapterStore):
         if local_dir is None:
             return path
         local_dir = Path(local_dir)
-        local_dir.mkdir(parents=True, exist_ok=True)
+        if not local_dir.exists():
+            with atomic_dir(local_dir, mode=0o700) as tmp:
+                for name in entry["files"]:
+                    shutil.copyfile(path / name, tmp / name)
+            return local_dir
         for name in entry["files"]:
             shutil.copyfile(path / name, local_dir / name)
+            owner_only(local_dir / name)
         return local_dir
 
     def history(self, repo_id: str) -> list[str]:
         repo, _ = self._resolve(repo_id, None)
         return [e["sha"] for e in reversed(self._log(repo))]
 
-    def list(self, user_id: str | None = None, task: str | None = None) -> list[AdapterRef]:
+    def delete(self, repo_id: str) -> None:
+        repo = self.repo_dir(repo_id)
+        if not repo.parent.is_dir():
+            return
+        with self._lock(repo):
+            if repo.exists():
+                doomed = repo.with_name(f".{repo.name}.deleted.tmp")  # gone from readers at once
+                os.replace(repo, doomed)
+                shutil.rmtree(doomed)
+            (repo.parent / f".{repo.name}.lock").unlink(missing_ok=True)  # its name carries the user id too
+
+    def _list(self, tags: Sequence[str]) -> list[AdapterRef]:
         from huggingface_hub import metadata_load
 
-        wanted = set(self.filter_tags(user_id, task))
+        wanted = set(tags)
         ns = self.root / self.namespace
+        for repo in stale_targets(ns):  # finish pushes a crash interrupted
+            with self._lock(repo):
+                pass
+        for doomed in ns.glob(".*.deleted.tmp"):  # and deletions
+            shutil.rmtree(doomed, ignore_errors=True)
         refs = []
         for repo in sorted(ns.iterdir()) if ns.is_dir() else []:
             if repo.name.startswith(".") or not repo.is_dir() or not os.access(repo, os.R_OK | os.X_OK):
@@ -565,3 +707,90 @@ def load_user_adapter(model: Any, store: AdapterStore | str | None, repo_id_or_p
         model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
         return model
     return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
+
+
+@dataclass
+class ForgetReport:
+    """What :func:`forget_user` did: the local paths it removed, the files it rewrote without the user, and the
+    store repos it deleted."""
+
+    user_id: str
+    removed: list[Path] = field(default_factory=list)
+    rewritten: list[Path] = field(default_factory=list)
+    repos: list[str] = field(default_factory=list)
+
+
+def forget_user(user_id: str, roots: Sequence[str | Path] = (), store: AdapterStore | None = None) -> ForgetReport:
+    """Delete everything oppu-hub keeps about ``user_id`` (the right to be forgotten); for the command and a Space.
+
+    Under each folder of ``roots`` (searched recursively): the user's adapter folders of every task and variant
+    (named by the user, their ``oppu.json`` naming them), training work folders (``.{user}.work``: optimizer
+    state and the user's data order) and interrupted temporaries; cached profiles (``{user}.json`` naming them);
+    the user's entries in ``run.json``; and the user's predictions in prediction folders with a ``users.json``
+    (question id -> user), rewritten without them. In ``store``: every adapter repo of the user, with its history
+    (:meth:`AdapterStore.delete_user`; on the Hub this needs the owner's token). A missing root is an error, so a
+    typo cannot pass for a deletion."""
+    missing = [str(r) for r in roots if not Path(r).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: no such folder to delete user {user_id!r} from")
+    report = ForgetReport(user_id)
+    name = safe_name(user_id)
+    temporary = re.compile(rf"^\.{re.escape(name)}\.(work|.+\.tmp|old-\d+)$")
+    for root in roots:
+        for top, dirs, files in os.walk(root):
+            here = Path(top)
+            for d in list(dirs):
+                path = here / d
+                if d == HISTORY_DIR or temporary.match(d) or (d == name and _names_user(path / RECORD_FILE, user_id)):
+                    dirs.remove(d)  # not searched further: removed, or a local store's revisions (the store's)
+                    if d != HISTORY_DIR:
+                        shutil.rmtree(path)
+                        report.removed.append(path)
+            for f in files:
+                path = here / f
+                if temporary.match(f) or (f == f"{name}.json" and _names_user(path, user_id)):
+                    path.unlink()
+                    report.removed.append(path)
+                elif f == "run.json":
+                    report.rewritten += _rewrite(path, lambda run: {
+                        k: [u for u in v if u != user_id] if isinstance(v, list)
+                        else {u: x for u, x in v.items() if u != user_id} if isinstance(v, dict) else v
+                        for k, v in run.items()})
+                elif f == "users.json":
+                    report.rewritten += _forget_predictions(path, user_id)
+    if store is not None:
+        report.repos = store.delete_user(user_id)
+    return report
+
+
+def _names_user(path: Path, user_id: str) -> bool:
+    """Whether ``path`` is a JSON record (``oppu.json``, a cached profile) of ``user_id``."""
+    if not path.is_file():
+        return False
+    data = read_json(path)
+    return isinstance(data, dict) and data.get("user_id") == user_id
+
+
+def _rewrite(path: Path, change: Any) -> list[Path]:
+    """Rewrite the JSON object in ``path`` as ``change(obj)`` when that differs (atomically); ``[path]`` if so."""
+    data = read_json(path)
+    if not isinstance(data, dict) or (new := change(data)) == data:
+        return []
+    write_json(path, new)
+    return [path]
+
+
+def _forget_predictions(users_file: Path, user_id: str) -> list[Path]:
+    """Drop ``user_id``'s questions from the LaMP-format files beside ``users_file`` (``{question id: user}``)."""
+    users = read_json(users_file)
+    if not isinstance(users, dict):
+        return []
+    ids = {q for q, u in users.items() if u == user_id}
+    if not ids:
+        return []
+    rewritten = []
+    for path in sorted(users_file.parent.glob("*.json")):
+        if path != users_file:
+            rewritten += _rewrite(path, lambda d: {**d, "golds": [g for g in d["golds"] if not (
+                isinstance(g, dict) and str(g.get("id")) in ids)]} if isinstance(d.get("golds"), list) else d)
+    return [*rewritten, *_rewrite(users_file, lambda d: {q: u for q, u in d.items() if q not in ids})]

@@ -206,7 +206,7 @@ class Backend:
                 folder = store.pull(store.repo_id(user, task))
             except Exception as e:  # store errors: not found, auth, connection
                 raise AdapterNotFoundError(f"no adapter for user {user!r} in {store.describe()}: {e}") from e
-        check_setting(AdapterRecord.from_folder(folder), k=k, profile=False, where=f"of {user!r}")
+        check_setting(AdapterRecord.from_folder(folder), k=k, profile=False, where=f"of {user!r}", hint="")
         return folder
 
     # --- the comparison -------------------------------------------------------------------------------

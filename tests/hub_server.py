@@ -1,5 +1,6 @@
-"""A small Hugging Face Hub API server for tests: what ``huggingface_hub`` calls to create repos, commit files,
-list, describe and download them, with token auth, private repos, commit history and injectable failures.
+"""A small Hugging Face Hub API server for tests: what ``huggingface_hub`` calls to create, configure (visibility),
+delete, commit to, list, describe and download repos, with token auth, private repos, commit history and
+injectable failures (an HTTP status, a dropped connection, a late answer).
 
 Storage is in memory. Users and tokens are fixed (``alice``, ``bob``; the org ``lamp-lab`` has ``alice``).
 Run ``python tests/hub_server.py`` to serve it by hand."""
@@ -7,6 +8,7 @@ Run ``python tests/hub_server.py`` to serve it by hand."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -90,13 +92,15 @@ class HubError(Exception):
 class FakeHub:
     """The server state plus a ``ThreadingHTTPServer`` on 127.0.0.1 (a free port): ``start()``, ``stop()``,
     ``url``. ``fail_next(kind, ...)`` makes the next matching request(s) fail (``kind`` is an endpoint name:
-    ``commit``, ``preupload``, ``create``, ``resolve``...), by an HTTP status or by dropping the connection."""
+    ``commit``, ``preupload``, ``create``, ``settings``, ``resolve``...), by an HTTP status, by dropping the
+    connection or by answering late; ``settings_changes`` records each visibility change."""
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, user)
         self._failures: list[dict[str, Any]] = []
+        self.settings_changes: list[tuple[str, bool]] = []  # (repo id, private)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -132,10 +136,14 @@ class FakeHub:
         self.stop()
 
     # -- test controls ----------------------------------------------------------------------------------------
-    def fail_next(self, kind: str, *, status: int | None = 500, times: int = 1, disconnect: bool = False) -> None:
-        """Fail the next ``times`` requests of endpoint ``kind`` with ``status`` or by closing the connection."""
+    def fail_next(self, kind: str, *, status: int | None = 500, times: int = 1, disconnect: bool = False,
+                  delay: float = 0.0, after: bool = False) -> None:
+        """Fail the next ``times`` requests of endpoint ``kind``: answer ``status``, or close the connection
+        (``disconnect``), or answer only after ``delay`` seconds (a client with a shorter timeout gives up).
+        ``after``: the request is carried out first (a commit lands) and only its answer is lost or late."""
         with self.lock:
-            self._failures.append({"kind": kind, "status": status, "left": times, "disconnect": disconnect})
+            self._failures.append({"kind": kind, "status": status, "left": times, "disconnect": disconnect,
+                                   "delay": delay, "after": after or bool(delay)})
 
     def take_failure(self, kind: str) -> dict[str, Any] | None:
         with self.lock:
@@ -258,19 +266,29 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"no route {method} {path}")
             kind, handler, args = route
             failure = state.take_failure(kind)
-            if failure is not None:
-                if failure["disconnect"]:
-                    self.close_connection = True
-                    self.connection.shutdown(2)  # drop the connection without answering
-                    return
-                raise HubError(failure["status"], f"injected failure of {kind}")
+            if failure is not None and not failure["after"]:
+                self._fail(kind, failure)
+                return
             status, payload, headers, raw = handler(*args, user=user, token=token, query=query, body=body)
+            if failure is not None:
+                self._fail(kind, failure)
+                return
             self._send(status, payload, headers, raw, head=method == "HEAD")
         except HubError as e:
             headers = {"X-Error-Message": e.message}
             if e.code:
                 headers["X-Error-Code"] = e.code
             self._send(e.status, {"error": e.message, **e.extra}, headers, head=method == "HEAD")
+
+    def _fail(self, kind: str, failure: dict[str, Any]) -> None:
+        if failure["delay"]:
+            threading.Event().wait(failure["delay"])
+        if failure["disconnect"] or failure["delay"]:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(2)  # drop the connection without answering
+            return
+        raise HubError(failure["status"], f"injected failure of {kind}")
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -280,6 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
 
     def do_DELETE(self) -> None:
         self._handle("DELETE")
@@ -292,6 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
              lambda **kw: (200, {"standardEnvVars": [], "harnesses": {}}, None, None)),
             ("POST", r"/api/repos/create", "create", self.create_repo),
             ("DELETE", r"/api/repos/delete", "delete", self.delete_repo),
+            ("PUT", rf"/api/models/{rid}/settings", "settings", self.settings),
             ("POST", r"/api/validate-yaml", "validate-yaml", self.validate_yaml),
             ("GET", r"/api/models", "list", self.list_models),
             ("POST", rf"/api/models/{rid}/preupload/(?P<rev>[^/]+)", "preupload", self.preupload),
@@ -343,6 +365,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.writable(repo_id, user, token)
         with self.state.lock:
             del self.state.repos[repo_id]
+        return 200, {}, None, None
+
+    def settings(self, repo_id, *, user, token, body, **_):
+        """PUT /api/models/{repo}/settings: ``{"visibility": "private"|"public"}`` (what huggingface_hub sends) or
+        the older ``{"private": bool}``; ``gated`` is accepted and ignored. Only a writer may change them."""
+        repo = self.state.writable(repo_id, user, token)
+        payload = json.loads(body or b"{}")
+        if "visibility" in payload:
+            if payload["visibility"] not in ("private", "public"):
+                raise HubError(400, f"invalid visibility {payload['visibility']!r} for a model")
+            private = payload["visibility"] == "private"
+        elif isinstance(payload.get("private"), bool):
+            private = payload["private"]
+        elif "gated" in payload:
+            return 200, {}, None, None
+        else:
+            raise HubError(400, "nothing to update: expected 'visibility', 'private' or 'gated'")
+        with self.state.lock:
+            repo.private = private
+            self.state.settings_changes.append((repo_id, private))
         return 200, {}, None, None
 
     def validate_yaml(self, *, body, **_):

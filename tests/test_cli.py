@@ -24,23 +24,23 @@ def test_pipeline_on_real_data_with_the_tiny_model(built, tiny_base, tmp_path, c
     base = runs / "base" / "LaMP-3" / "k0"
     assert (base / "oppu_base.json").exists()
     assert main(["train-users", "--task", "LaMP-3", "--data_dir", str(built), "--base_dir", str(base),
-                 "--output_dir", str(runs / "users"), "--max_users", "2", "--num_train_epochs", "1", "--k", "1"]) == 0
-    adapters = runs / "users" / "LaMP-3" / "k1-lora"
+                 "--output_dir", str(runs / "users"), "--max_users", "2", "--num_train_epochs", "1"]) == 0
+    adapters = runs / "users" / "LaMP-3" / "k0-lora"
     assert len([p for p in adapters.iterdir() if p.is_dir()]) == 2
     out = tmp_path / "preds.json"
-    assert main(["predict", "--task", "LaMP-3", "--data_dir", str(built), "--base_dir", str(base), "--k", "1",
+    assert main(["predict", "--task", "LaMP-3", "--data_dir", str(built), "--base_dir", str(base),
                  "--adapters_dir", str(adapters), "--max_users", "2", "--output", str(out)]) == 0
     preds = json.loads(out.read_text())
     assert preds["task"] == "LaMP_3" and len(preds["golds"]) == 2
     printed = capsys.readouterr().out
     assert "2 trained, 0 updated, 0 skipped, 0 failed" in printed and "mae=" in printed and "rmse=" in printed
-    # k=1 adapters with k=0 prompts: refused (the paper pairs each column with adapters trained the same way)
-    mismatched = tmp_path / "k0-with-k1-adapters.json"
-    argv = ["predict", "--task", "LaMP-3", "--data_dir", str(built), "--base_dir", str(base), "--k", "0",
+    # k=0 adapters with k=1 prompts: refused (the paper pairs each column with adapters trained the same way)
+    mismatched = tmp_path / "k1-with-k0-adapters.json"
+    argv = ["predict", "--task", "LaMP-3", "--data_dir", str(built), "--base_dir", str(base), "--k", "1",
             "--adapters_dir", str(adapters), "--max_users", "2", "--output", str(mismatched)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "trained with k=1 (requested 0)" in err and "--allow_setting_mismatch" in err and len(err.splitlines()) == 1
+    assert "trained with k=0 (requested 1)" in err and "--allow_setting_mismatch" in err and len(err.splitlines()) == 1
     assert not mismatched.exists()
     assert main([*argv, "--allow_setting_mismatch"]) == 0 and mismatched.exists()
 

@@ -26,7 +26,9 @@ from oppu_hub.store import (
     HubStore,
     LocalStore,
     StoreAuthError,
+    StoreError,
     StoreNamespaceError,
+    StorePublicRepoError,
     StoreUploadError,
     load_user_adapter,
     open_store,
@@ -90,7 +92,8 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 
 
 def hub_store(env: HubEnv, namespace: str | None = "alice", token: str | None = ALICE, **kw) -> HubStore:
-    return HubStore(namespace, endpoint=env.url, token=token, **kw)
+    """A Hub store on the test server; raw user ids unless ``hash_user_ids`` says otherwise (readable repo ids)."""
+    return HubStore(namespace, endpoint=env.url, token=token, **{"hash_user_ids": False, **kw})
 
 
 def cli(*argv: str) -> int:
@@ -389,18 +392,18 @@ def test_cli_push_list_pull(kind, hub_env: HubEnv, tiny_base, adapter_template, 
                             capsys):
     store = "hub:alice" if kind == "hub" else str(tmp_path / "store")
     folder = make_adapter(adapter_template, tmp_path / "a")
-    assert cli("push", "--folder", str(folder), "--store", store) == 0
+    assert cli("push", "--folder", str(folder), "--store", store, "--raw_user_ids") == 0
     out = capsys.readouterr().out
     assert out.startswith("alice/oppu-lamp-2n-u1@" if kind == "hub" else "local/oppu-lamp-2n-u1@")
     repo_id = out.split("@")[0]
     assert cli("push", "--folder", str(make_adapter(adapter_template, tmp_path / "b", "u2")), "--store", store,
-               "--no_private") == 0
+               "--no_private", "--raw_user_ids") == 0
     capsys.readouterr()
 
     assert cli("list", "--store", store, "--task", "LaMP-2N") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["repo", "task", "user"] and len(lines) == 3
-    assert cli("list", "--store", store, "--user", "u2", "--json") == 0
+    assert cli("list", "--store", store, "--user", "u2", "--json", "--raw_user_ids") == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["user"] == "u2" and row["private"] is False
 
@@ -413,5 +416,162 @@ def test_cli_push_list_pull(kind, hub_env: HubEnv, tiny_base, adapter_template, 
     assert cli("pull", "--store", store, "--repo_id", f"{repo_id.split('/')[0]}/oppu-lamp-2n-zz") == 2
     assert "error" in capsys.readouterr().err
     if kind == "hub":
-        assert cli("push", "--folder", str(folder), "--store", "hub:bob") == 2
+        assert cli("push", "--folder", str(folder), "--store", "hub:bob", "--raw_user_ids") == 2
         assert "belongs to someone else" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Visibility: a push never publishes into an existing public repo unless asked to
+# ---------------------------------------------------------------------------------------------------------------
+def test_hub_refuses_an_existing_public_repo(hub_env: HubEnv, adapter_template, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_env.url, token=ALICE)
+    repo_id = "alice/oppu-lamp-2n-u1"
+    api.create_repo(repo_id, private=False)
+    folder = make_adapter(adapter_template, tmp_path / "a")
+    hub = hub_env.hub
+    with pytest.raises(StorePublicRepoError, match=f"{repo_id} is public.*--make_private.*--no_private"):
+        hub_store(hub_env).push(folder)
+    assert hub.calls("/preupload/") == hub.calls("/commit/") == 0  # nothing uploaded
+    assert api.model_info(repo_id).private is False and len(api.list_repo_commits(repo_id)) == 1
+
+    assert cli("push", "--folder", str(folder), "--store", "hub:alice", "--raw_user_ids") == 2  # the CLI too
+    err = capsys.readouterr().err
+    assert f"{repo_id} is public" in err and len(err.strip().splitlines()) == 1
+
+    result = hub_store(hub_env).push(folder, make_private=True)  # explicit: make it private, then push
+    assert hub.settings_changes == [(repo_id, True)]
+    assert api.model_info(repo_id).private is True and result.new_revision
+    assert len(api.list_repo_commits(repo_id)) == 2
+    assert hub_store(hub_env).push(folder).new_revision is False  # private now: pushes go through
+
+
+def test_hub_publishing_and_settings_need_an_explicit_flag_and_rights(hub_env: HubEnv, adapter_template, tmp_path,
+                                                                      capsys):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=hub_env.url, token=ALICE)
+    api.create_repo("alice/oppu-lamp-2n-u1", private=False)
+    assert cli("push", "--folder", str(make_adapter(adapter_template, tmp_path / "a")), "--store", "hub:alice",
+               "--raw_user_ids", "--no_private") == 0  # --no_private: publishing was asked for
+    capsys.readouterr()
+    info = api.model_info("alice/oppu-lamp-2n-u1")
+    assert info.private is False and "adapter_model.safetensors" in {s.rfilename for s in info.siblings}
+    assert hub_env.hub.settings_changes == []
+    # The settings endpoint as the Hub has it: what the client sends ({"visibility": ...}), the older
+    # {"private": ...}, and only for writers.
+    api.update_repo_settings("alice/oppu-lamp-2n-u1", private=True)
+    assert api.model_info("alice/oppu-lamp-2n-u1").private is True
+    for token in (BOB, ALICE_READ_ONLY):
+        with pytest.raises(HfHubHTTPError) as e:
+            HfApi(endpoint=hub_env.url, token=token).update_repo_settings("alice/oppu-lamp-2n-u1", private=False)
+        assert e.value.response.status_code in (403, 404)
+    import httpx2
+
+    r = httpx2.put(f"{hub_env.url}/api/models/alice/oppu-lamp-2n-u1/settings", json={"private": False},
+                   headers={"Authorization": f"Bearer {ALICE}"})
+    assert r.status_code == 200 and api.model_info("alice/oppu-lamp-2n-u1").private is False
+    assert hub_env.hub.settings_changes == [("alice/oppu-lamp-2n-u1", True), ("alice/oppu-lamp-2n-u1", False)]
+
+
+def test_local_store_refuses_a_public_repo_too(adapter_template, tmp_path):
+    public = LocalStore(tmp_path / "store", "lab", private=False)
+    repo = Path(public.push(make_adapter(adapter_template, tmp_path / "a")).url)
+    assert stat.S_IMODE(repo.stat().st_mode) == 0o755
+    store = LocalStore(tmp_path / "store", "lab")
+    folder = make_adapter(adapter_template, tmp_path / "b", scale=2.0)
+    with pytest.raises(StorePublicRepoError, match="lab/oppu-lamp-2n-u1 is public"):
+        store.push(folder)
+    assert len(store.history("lab/oppu-lamp-2n-u1")) == 1
+    assert store.push(folder, make_private=True).new_revision
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in [repo, *repo.rglob("*")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hashed user ids: the Hub's default
+# ---------------------------------------------------------------------------------------------------------------
+def test_hub_hashes_user_ids_by_default(hub_env: HubEnv, adapter_template, tmp_path, monkeypatch, capsys):
+    raw = "Jane.Doe"
+    folder = make_adapter(adapter_template, tmp_path / "a", raw)
+    record = AdapterRecord.from_folder(folder)
+    record.last_item_id, record.trained_item_ids = "jane-item-7", ["jane-item-6", "jane-item-7"]
+    record.save(folder)
+    store = HubStore("alice", endpoint=hub_env.url, token=ALICE)
+    assert store.hash_user_ids
+    with pytest.raises(ValueError, match="OPPU_HUB_USER_SALT.*--raw_user_ids"):
+        store.push(folder)
+    assert hub_env.hub.requests == []  # refused before any request
+    assert cli("push", "--folder", str(folder), "--store", "hub:alice") == 2
+    assert "OPPU_HUB_USER_SALT" in capsys.readouterr().err
+
+    monkeypatch.setenv("OPPU_HUB_USER_SALT", "pepper")
+    result = HubStore("alice", endpoint=hub_env.url, token=ALICE).push(folder)
+    assert result.repo_id == f"alice/oppu-lamp-2n-{hash_user_id(raw, 'pepper')}"
+    pulled = hub_store(hub_env).pull(result.repo_id)
+    for path in pulled.iterdir():
+        assert b"Jane" not in path.read_bytes() and b"jane-item" not in path.read_bytes(), path.name
+    assert cli("list", "--store", "hub:alice", "--user", raw, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["repo_id"] == result.repo_id
+
+    monkeypatch.setenv("OPPU_HUB_HASH_USER_IDS", "0")  # raw ids only on request
+    assert HubStore("alice", endpoint=hub_env.url).repo_id(raw, "LaMP-2N") == "alice/oppu-lamp-2n-jane.doe-" + \
+        hub_store(hub_env).repo_id(raw, "LaMP-2N").rsplit("-", 1)[1]
+    monkeypatch.setenv("OPPU_HUB_HASH_USER_IDS", "maybe")
+    with pytest.raises(ValueError, match="OPPU_HUB_HASH_USER_IDS='maybe'"):
+        HubStore("alice", endpoint=hub_env.url)
+    monkeypatch.delenv("OPPU_HUB_HASH_USER_IDS")
+    assert not LocalStore(tmp_path / "store").hash_user_ids  # a local store keeps raw ids unless asked
+    assert cli("list", "--store", "hub:alice", "--hash_user_ids", "--raw_user_ids") == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Owner-only permissions
+# ---------------------------------------------------------------------------------------------------------------
+def modes(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+
+
+def assert_owner_only(folder: Path) -> None:
+    bad = {name: oct(mode) for name, mode in modes(folder).items() if mode & 0o077}
+    assert not bad, f"readable by others under {folder}: {bad}"
+
+
+def test_local_store_and_pulled_copies_are_owner_only(adapter_template, tmp_path):
+    store = LocalStore(tmp_path / "store", "alice")
+    result = store.push(make_adapter(adapter_template, tmp_path / "a"))
+    store.push(make_adapter(adapter_template, tmp_path / "b", scale=2.0))
+    root = tmp_path / "store"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE((root / "alice").stat().st_mode) == 0o700
+    assert_owner_only(root)
+    assert stat.S_IMODE((Path(result.url) / ".history" / "1" / "oppu.json").stat().st_mode) == 0o400
+
+    new = store.pull(result.repo_id, local_dir=tmp_path / "copy")
+    assert_owner_only(new)
+    existing = tmp_path / "shared"
+    existing.mkdir(mode=0o755)
+    (existing / "notes.txt").write_text("mine")
+    (existing / "notes.txt").chmod(0o644)
+    store.pull(result.repo_id, local_dir=existing)
+    got = modes(existing)
+    assert got["."] == 0o755 and got["notes.txt"] == 0o644  # the caller's folder and files are left alone
+    assert {got[name] for name in ("adapter_config.json", "adapter_model.safetensors", "oppu.json")} == {0o600}
+
+
+def test_hub_pulled_copies_are_owner_only(hub_env: HubEnv, adapter_template, tmp_path):
+    store = hub_store(hub_env)
+    repo_id = store.push(make_adapter(adapter_template, tmp_path / "a")).repo_id
+    new = store.pull(repo_id, local_dir=tmp_path / "copy")
+    assert (new / "adapter_model.safetensors").is_file()
+    assert_owner_only(new)
+    existing = tmp_path / "shared"
+    existing.mkdir(mode=0o755)
+    store.pull(repo_id, local_dir=existing)
+    got = modes(existing)
+    assert got["."] == 0o755 and got["adapter_model.safetensors"] == 0o600 and got[".cache"] == 0o700
+    hub_env.hub.fail_next("resolve", status=404)
+    with pytest.raises(StoreError, match="pull alice/oppu-lamp-2n-u1 failed at step 'download'"):
+        store.pull(repo_id, local_dir=tmp_path / "failed")  # leaves no folder behind
+    assert not (tmp_path / "failed").exists() and not list(tmp_path.glob(".failed*"))

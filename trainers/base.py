@@ -126,6 +126,22 @@ def read_base_record(folder: str | Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
+def check_base_record(folder: str | Path, task: str, *, k: int, profile: bool) -> None:
+    """Refuse a base task-adapted (``oppu_base.json``) for another task, or for prompts with another k / profile
+    setting, than the adapters about to be trained on it; a plain pretrained base (no record) passes."""
+    record = read_base_record(folder)
+    if not record:
+        return
+    want = {"task": get_task(task).name, "k": k, "profile": profile}
+    have = {key: record.get(key) for key in want}
+    if have != want:
+        diff = ", ".join(f"{key} {have[key]!r} (requested {want[key]!r})" for key in want if have[key] != want[key])
+        variant = f"k{k}" + ("-profile" if profile else "")
+        raise ValueError(f"{Path(folder) / BASE_RECORD}: this base was task-adapted with {diff}; train on the base "
+                         f"of {want['task']} {variant} (oppu-hub train-base --task {want['task']} --k {k}"
+                         f"{' --profile' if profile else ''}), or on a plain pretrained base")
+
+
 def _data_hash(folder: Path) -> str:
     """Content hash of the task's training data (manifest when present, else the train files)."""
     files = [folder / "manifest.json"] if (folder / "manifest.json").exists() else sorted(folder.glob("train_*.json"))

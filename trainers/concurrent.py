@@ -535,7 +535,8 @@ def train_users_concurrent(config: Any, model: nn.Module, tokenizer: Any, finger
                               base_fingerprint=fingerprint, peft_type=config.peft_type, k=config.k,
                               profile=config.profile, history_format=config.history_format,
                               num_history_items=len(history), last_item_id=str(last["id"]),
-                              last_item_date=str(last["date"]) if last.get("date") else None, training=training)
+                              last_item_date=str(last["date"]) if last.get("date") else None,
+                              trained_item_ids=[str(i["id"]) for i in history], training=training)
                 yield UserJob(user_id, rows, folder, record)
             except Exception as e:  # noqa: BLE001 - recorded as this user's failure
                 e.user_id = user_id  # type: ignore[attr-defined]

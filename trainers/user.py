@@ -16,17 +16,18 @@ import datasets
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 
-from oppu_hub.adapters import AdapterRecord, is_complete
+from oppu_hub.adapters import AdapterRecord, check_base, check_setting, is_complete
 from oppu_hub.data import LampSplit, load_task_split
-from oppu_hub.io import atomic_dir, remove_stale_temps, safe_name, write_json
+from oppu_hub.io import atomic_dir, owner_only, private_dir, remove_stale_temps, safe_name, write_json
 from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
 from oppu_hub.profiles import ProfileStore
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 
+from .base import check_base_record
 from .common import PeftOptions, TrainingConfig, final_loss, last_checkpoint, set_threads, sft_config
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
         split: whose users: ``test`` (default, as the paper), ``dev`` (for tuning) or ``train``.
         users: train only these user ids (default: every user of the split).
         max_users: train only the first N users of the split.
-        output_dir: adapters go to ``{output_dir}/{task}/{variant}-{peft}/{user}``.
-        update: continue an existing adapter on history items newer than the last one it saw.
+        output_dir: adapters go to ``{output_dir}/{task}/{variant}-{peft}/{user}`` (owner-only: 0700 folders,
+            0600 files; so are the ``.{user}.work`` checkpoint folders, which hold the user's data order).
+        update: continue an existing adapter on the history items it was not trained on yet, on the same base and
+            with the same k / profile / history format (anything else is refused).
         push_to_hub: push each finished adapter to ``hub_store`` (one private repo per user and task).
         hub_store: where to push: ``hub:NAMESPACE``, a local store folder, or ``None`` for ``$OPPU_HUB_STORE``
             (else the local default store).
@@ -57,7 +60,7 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     users: list[str] | None = field(default=None, metadata={"help": "only these user ids"})
     max_users: int | None = field(default=None, metadata={"help": "only the first N users"})
     output_dir: str = field(default="runs/users", metadata={"help": "root folder of user adapters"})
-    update: bool = field(default=False, metadata={"help": "continue adapters on newer history items"})
+    update: bool = field(default=False, metadata={"help": "continue adapters on history items not trained on yet"})
     push_to_hub: bool = field(default=False, metadata={"help": "push each finished adapter to --hub_store"})
     hub_store: str | None = field(default=None, metadata={"help": "hub:NAMESPACE or a local store folder"})
     max_history: int | None = field(default=None, metadata={"help": "most recent N history items per user"})
@@ -77,12 +80,20 @@ class UserAdapterTrainer(SFTTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)
+        self.add_callback(OwnerOnlyCheckpoints())
 
     def save_adapter(self, folder: str | Path, record: AdapterRecord, *, overwrite: bool = False) -> Path:
         with atomic_dir(folder, overwrite=overwrite, mode=0o700) as tmp:
             self.model.save_pretrained(tmp)
             record.save(tmp)
         return Path(folder)
+
+
+class OwnerOnlyCheckpoints(TrainerCallback):
+    """Makes each saved checkpoint owner-only: it holds optimizer state and the user's data order."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        owner_only(args.output_dir)
 
 
 @dataclass
@@ -97,12 +108,19 @@ class UserRunReport:
 
 
 def newer_items(history: Sequence[Mapping[str, Any]], record: AdapterRecord) -> list[dict[str, Any]]:
-    """History items after the last one an adapter was trained on (by date when known, else by id order)."""
+    """History items an adapter was not trained on yet: those missing from its ``trained_item_ids`` (so new items
+    sharing the last item's date count too). A record from before that list: the items after its last item in
+    the (time-ordered) history, else those dated after it."""
     items = [dict(i) for i in history]
+    if record.trained_item_ids:
+        seen = set(record.trained_item_ids)
+        return [i for i in items if str(i["id"]) not in seen]
+    ids = [str(i["id"]) for i in items]
+    if record.last_item_id in ids:
+        return items[ids.index(record.last_item_id) + 1:]
     if record.last_item_date:
         return [i for i in items if str(i.get("date", "")) > record.last_item_date]
-    ids = [str(i["id"]) for i in items]
-    return items[ids.index(record.last_item_id) + 1:] if record.last_item_id in ids else []
+    return []
 
 
 def user_dataset(config: UserAdapterConfig, builder: PromptBuilder, history: Sequence[Mapping[str, Any]],
@@ -118,25 +136,35 @@ def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_finge
                history: Sequence[Mapping[str, Any]], folder: Path, profile: str | None = None) -> str:
     """Train (or, with ``update``, continue) one user's adapter into ``folder``; returns what was done.
 
-    ``model`` is the shared base; it is left exactly as it came (adapters are unloaded afterwards).
+    ``model`` is the shared base; it is left exactly as it came (adapters are unloaded afterwards). An update
+    refuses an adapter trained on another base or with another k / profile / history format.
     """
     history = list(history)[-config.max_history:] if config.max_history else list(history)
     record = AdapterRecord.from_folder(folder) if is_complete(folder) else None
     if record is not None and not config.update:
         return "skipped"
+    if record is not None:
+        check_base(record, base_fingerprint, where=str(folder))
+        check_setting(record, k=config.k, profile=config.profile, history_format=config.history_format,
+                      where=str(folder), hint="or train a new adapter into another --output_dir")
     items = newer_items(history, record) if record is not None else history
     if not items:
         return "skipped"
+    new_ids = [str(i["id"]) for i in items]
+    fresh = set(new_ids)
+    trained_ids: list[str] = []
+    if record is not None:  # a record from before trained_item_ids: every other history item was trained on
+        trained_ids = record.trained_item_ids or [str(i["id"]) for i in history if str(i["id"]) not in fresh]
     builder = PromptBuilder(get_task(config.task), tokenizer, config.max_prompt_length)
     # Retrieval inside a training prompt sees the whole (time-ordered) history before each item.
     rows = user_dataset(config, builder, history, profile)
-    dataset = rows.select(range(len(history) - len(items), len(history)))
+    dataset = rows.select([n for n, item in enumerate(history) if str(item["id"]) in fresh])
     set_seed(config.seed)
     if record is not None:
         peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
     else:
         peft_model = get_peft_model(model, config.peft_config())
-    work_dir = folder.parent / f".{folder.name}.work"
+    work_dir = private_dir(folder.parent / f".{folder.name}.work")
     try:
         trainer = UserAdapterTrainer(
             model=peft_model, args=sft_config(config, work_dir, len(dataset), disable_tqdm=True, logging_steps=1),
@@ -149,7 +177,7 @@ def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_finge
             history_format=config.history_format,
             num_history_items=len(items) + (record.num_history_items if record else 0),
             last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
-            train_loss=final_loss(trainer.state.log_history),
+            trained_item_ids=[*trained_ids, *new_ids], train_loss=final_loss(trainer.state.log_history),
             training={k: v for k, v in dataclasses.asdict(config).items()
                       if k not in ("users", "push_to_hub", "hub_store")},
         )
@@ -164,18 +192,20 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
                 ) -> UserRunReport:
     """Train the adapters of many users on one base loaded once: a progress bar with ETA; finished users
     are skipped; an interrupted user resumes from its last epoch checkpoint; a failing user is recorded in
-    ``run.json`` and does not stop the others. ``on_done(user, folder)`` runs after each new adapter."""
+    ``run.json`` and does not stop the others. ``on_done(user, folder)`` runs after each new adapter. A base
+    task-adapted for another task or prompt variant (its ``oppu_base.json``) is refused before anything runs."""
     set_threads()
     task = get_task(config.task)
+    check_config(config)
     split = load_task_split(config.data_dir, task, config.split)
     users = split.select_users(config.users, config.max_users)
+    if on_done is None and config.push_to_hub:
+        on_done = _pusher(config.hub_store)
     model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
     fingerprint = model_fingerprint(model)
     profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
-    out = config.adapters_dir()
+    out = private_dir(config.adapters_dir())
     remove_stale_temps(out)
-    if on_done is None and config.push_to_hub:
-        on_done = _pusher(config.hub_store)
     report = UserRunReport()
     datasets.disable_progress_bars()
     bar = tqdm(users, desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}", unit="user")
@@ -199,6 +229,16 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
         write_json(out / "run.json", dataclasses.asdict(report))
     datasets.enable_progress_bars()
     return report
+
+
+def check_config(config: UserAdapterConfig) -> None:
+    """What a multi-user run refuses before it loads anything: a base task-adapted for another task or prompt
+    variant, and pushes that could not name the users (hashed ids without a salt)."""
+    check_base_record(config.base_dir, config.task, k=config.k, profile=config.profile)
+    if config.push_to_hub:
+        from oppu_hub.store import open_store
+
+        open_store(config.hub_store).check_naming()
 
 
 def run_user(config: UserAdapterConfig, model: Any, tokenizer: Any, fingerprint: str, split: LampSplit,

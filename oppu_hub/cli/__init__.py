@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         if os.environ.get("OPPU_HUB_DEBUG"):
             raise
-        print(f"oppu-hub {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        print(f"oppu-hub {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"oppu-hub {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``oppu-hub push`` / ``list`` / ``pull``: per-user adapters on the Hugging Face Hub or a local store."""
+"""``oppu-hub push`` / ``list`` / ``pull`` / ``delete``: per-user adapters on the Hugging Face Hub or a local store,
+and deleting everything kept about a user."""
 
 from __future__ import annotations
 
@@ -19,19 +20,23 @@ _STORE_HELP = ("hub:NAMESPACE (Hugging Face Hub; endpoint/token from HF_ENDPOINT
 
 @dataclass
 class StoreOptions:
-    """Which store, and how users are named in it."""
+    """Which store, and how users are named in it (default: a salted hash on the Hub, the raw id locally)."""
 
     store: str | None = field(default=None, metadata={"help": _STORE_HELP})
     namespace: str | None = field(default=None, metadata={"help": "user/organisation namespace (overrides the "
                                                                   "store spec's; local default: local)"})
     hash_user_ids: bool = field(default=False, metadata={
-        "help": "name users by a salted hash of their id (salt from $OPPU_HUB_USER_SALT; also on when "
-                "$OPPU_HUB_HASH_USER_IDS=1)"})
+        "help": "name users by a salted hash of their id (salt from $OPPU_HUB_USER_SALT); the Hub's default"})
+    raw_user_ids: bool = field(default=False, metadata={
+        "help": "name users by their raw id, also on the Hub (ids can be personal data); the local default"})
 
-    def open(self) -> AdapterStore:
+    def open(self, **kwargs: Any) -> AdapterStore:
         from ..store import open_store
 
-        return open_store(self.store, namespace=self.namespace, hash_user_ids=self.hash_user_ids or None)
+        if self.hash_user_ids and self.raw_user_ids:
+            raise ValueError("--hash_user_ids and --raw_user_ids contradict each other: pass one")
+        hashed = True if self.hash_user_ids else False if self.raw_user_ids else None
+        return open_store(self.store, namespace=self.namespace, hash_user_ids=hashed, **kwargs)
 
 
 @dataclass
@@ -39,7 +44,9 @@ class PushConfig:
     """Push one adapter folder (PEFT files + oppu.json) as a new revision of its user's repo."""
 
     folder: str = field(metadata={"help": "the adapter folder to push"})
-    private: bool = field(default=True, metadata={"help": "create the repo private (--no_private for public)"})
+    private: bool = field(default=True, metadata={
+        "help": "create the repo private, and refuse an existing public repo (--no_private: publish)"})
+    make_private: bool = field(default=False, metadata={"help": "make an existing public repo private, then push"})
     base_model: str | None = field(default=None, metadata={
         "help": "Hub id of the base, for the model card when oppu.json names a local folder"})
     message: str | None = field(default=None, metadata={"help": "commit message (default: a summary of the adapter)"})
@@ -61,7 +68,16 @@ class PullConfig:
     repo_id: str = field(metadata={"help": "NAMESPACE/oppu-TASK-USER"})
     revision: str | None = field(default=None, metadata={"help": "revision (commit sha; local: sha or number); "
                                                                  "default the latest"})
-    local_dir: str | None = field(default=None, metadata={"help": "copy the files into this folder"})
+    local_dir: str | None = field(default=None, metadata={"help": "copy the files into this folder (owner-only)"})
+
+
+@dataclass
+class DeleteConfig:
+    """Delete everything kept about one user: local adapters, work folders, profiles, predictions, store repos."""
+
+    user: str = field(metadata={"help": "the user's raw id"})
+    roots: list[str] = field(default_factory=lambda: ["runs"], metadata={
+        "help": "folders searched for the user's adapters, work folders, profiles, run.json entries and predictions"})
 
 
 def register(subparsers: Any) -> None:
@@ -71,15 +87,15 @@ def register(subparsers: Any) -> None:
                 StoreOptions)
     add_command(subparsers, "pull", _pull, "download an adapter repo and print its local folder", PullConfig,
                 StoreOptions)
+    add_command(subparsers, "delete", _delete, "delete a user's adapters, work folders, profiles and predictions "
+                "under --roots and their repos in --store (the right to be forgotten)", DeleteConfig, StoreOptions)
 
 
 def _push(args: argparse.Namespace) -> int:
-    from ..store import open_store
-
-    config, where = config_from_args(PushConfig, args), config_from_args(StoreOptions, args)
-    store = open_store(where.store, namespace=where.namespace, hash_user_ids=where.hash_user_ids or None,
-                       private=config.private)
-    result = store.push(config.folder, base_model=config.base_model, commit_message=config.message)
+    config = config_from_args(PushConfig, args)
+    store = config_from_args(StoreOptions, args).open(private=config.private)
+    result = store.push(config.folder, base_model=config.base_model, commit_message=config.message,
+                        make_private=config.make_private)
     state = "new revision" if result.new_revision else "unchanged"
     print(f"{result.repo_id}@{result.revision} ({state}) {result.url}")
     return 0
@@ -104,4 +120,21 @@ def _list(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     config = config_from_args(PullConfig, args)
     print(config_from_args(StoreOptions, args).open().pull(config.repo_id, config.revision, local_dir=config.local_dir))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from ..store import forget_user
+
+    config = config_from_args(DeleteConfig, args)
+    store = config_from_args(StoreOptions, args).open()
+    report = forget_user(config.user, config.roots, store)
+    for path in report.removed:
+        print(f"removed {path}")
+    for path in report.rewritten:
+        print(f"removed the user's entries from {path}")
+    for repo_id in report.repos:
+        print(f"deleted repo {repo_id} ({store.describe()})")
+    if not (report.removed or report.rewritten or report.repos):
+        print(f"nothing of user {config.user!r} found under {', '.join(config.roots)} or in {store.describe()}")
     return 0

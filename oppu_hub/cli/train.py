@@ -39,8 +39,11 @@ def _train_users(args: argparse.Namespace) -> int:
     config = config_from_args(UserAdapterConfig, args)
     ray_options = config_from_args(RayOptions, args)
     if ray_options.enabled:
+        from trainers.user import check_config
+
         from ..distributed import train_users_on_ray
 
+        check_config(config)  # train_users checks it itself
         report = train_users_on_ray(config, ray_options)
     else:
         report = train_users(config)

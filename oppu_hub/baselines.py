@@ -105,8 +105,8 @@ def pooled_split(split: LampSplit, users: Sequence[str], max_history: int | None
         if max_history:
             history = history[-max_history:]
         items += [{**item, "id": f"{user}/{item['id']}"} for item in history]
-    query = split.user_questions(users[0])[0].input  # a valid input; training reads only the history
-    return LampSplit(split.task, [Question(POOLED_USER, query, chronological(items), POOLED_USER)])
+    first = split.user_questions(users[0])[0]  # a valid input and gold; training reads only the history
+    return LampSplit(split.task, [Question(POOLED_USER, first.input, chronological(items), POOLED_USER, first.gold)])
 
 
 def _output_side(task: Task, item: dict[str, Any]) -> str:

@@ -1,10 +1,13 @@
 """Scale-out on Ray: ``train-users --ray`` and ``predict --ray`` over many machines.
 
 The work is embarrassingly parallel per user, so there is no scheduler here: Ray places a pool of actors (one per
-worker slot, each with the base loaded once) and the driver hands each idle actor the next user. Every actor runs
-the single-machine per-user code (:func:`trainers.user.train_user`, :func:`oppu_hub.inference.predict`), so the
-adapters are identical and keep its semantics: written atomically into ``output_dir`` (which must be shared
-storage), finished users skipped on re-runs, an interrupted user resumed from its epoch checkpoint.
+worker slot, each with the base loaded once) and the driver hands each idle actor the next user. For
+``train-users`` the pool is one more executor of :func:`trainers.runs.train_users` (:class:`RayExecutor`): the
+driver keeps the loop, ``run.json``, the progress bar and the pushes; each actor trains its user with the
+single-machine executor the config asks for (:func:`trainers.runs.local_executor`), so the adapters are the same
+and keep its semantics: written atomically into ``output_dir`` (which must be shared storage), finished users
+skipped on re-runs, an interrupted user resumed from its epoch checkpoint. ``predict`` actors run
+:func:`oppu_hub.inference.predict` on groups of users.
 
 A worker that dies mid-user (process killed, node lost) leaves no partial adapter: the driver puts the user back at
 the head of the queue for the next free actor (up to ``max_retries`` times, then it is recorded as failed in
@@ -24,7 +27,7 @@ import socket
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +35,10 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from trainers.user import UserAdapterConfig, UserRunReport
+    from trainers.runs import Emit, UserRunReport
+    from trainers.user import UserAdapterConfig
 
+    from .data import LampSplit
     from .inference import PredictConfig
 
 logger = logging.getLogger(__name__)
@@ -86,23 +91,17 @@ def _quiet_worker(threads: int) -> None:
 
 
 class UserTrainWorker:
-    """A Ray actor body: the base loaded once, then :func:`trainers.user.train_user` for user after user."""
+    """A Ray actor body: the base loaded once (:class:`trainers.runs.Workspace`), then the config's local executor
+    for user after user."""
 
     def __init__(self, config: UserAdapterConfig, threads: int = 1) -> None:
-        self.config = config
         self.init_error: str | None = None
         try:
             _quiet_worker(threads)
-            from .data import load_task_split
-            from .models import BaseModelConfig, load_base, model_fingerprint
-            from .profiles import ProfileStore
-            from .store import open_store
+            from trainers.runs import Workspace, local_executor
 
-            self.split = load_task_split(config.data_dir, config.task, config.split)
-            self.model, self.tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
-            self.fingerprint = model_fingerprint(self.model)
-            self.profiles = ProfileStore(config.profiles_dir, config.task) if config.profile else None
-            self.store = open_store(config.hub_store) if config.push_to_hub else None
+            self.workspace = Workspace.load(config)
+            self.executor = local_executor(config)
         except Exception as e:  # reported by ready(): the driver drops this worker
             self.init_error = f"{type(e).__name__}: {e}"
 
@@ -110,22 +109,12 @@ class UserTrainWorker:
         return self.init_error
 
     def run(self, user_id: str) -> dict[str, Any]:
-        from trainers.user import run_user
-
-        from .store import push_adapter
-
-        start = time.perf_counter()
-        try:
-            if self.init_error:
-                raise RuntimeError(f"worker could not start: {self.init_error}")
-            push = (lambda _user, folder: push_adapter(folder, self.store)) if self.store is not None else None
-            outcome = run_user(self.config, self.model, self.tokenizer, self.fingerprint, self.split, self.profiles,
-                               self.config.adapters_dir(), user_id, push)
-            result: dict[str, Any] = {"outcome": outcome}
-        except Exception as e:  # one user's failure must not stop the others
-            result = {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}
-        result.update(seconds=round(time.perf_counter() - start, 2), host=socket.gethostname(), pid=os.getpid())
-        return result
+        if self.init_error:
+            return {"outcome": "failed", "seconds": 0.0, "error": f"RuntimeError: worker could not start: "
+                                                                   f"{self.init_error}"}
+        outcomes: list[Any] = []
+        self.executor.train(self.workspace, [user_id], outcomes.append)
+        return {**dataclasses.asdict(outcomes[0]), "host": socket.gethostname(), "pid": os.getpid()}
 
 
 class PredictWorker:
@@ -298,60 +287,31 @@ def pool_map(ray: Any, worker_cls: type, init_args: tuple[Any, ...], items: Mapp
 # ---------------------------------------------------------------------------------------------- the commands
 
 
+@dataclass
+class RayExecutor:
+    """The Ray actor pool as an executor of :func:`trainers.runs.train_users`: :func:`pool_map` over
+    :class:`UserTrainWorker` actors, one user in flight per actor (Ray is joined only when there are users)."""
+
+    options: RayOptions
+
+    def run(self, config: UserAdapterConfig, split: LampSplit, users: Sequence[str], emit: Emit) -> None:
+        from trainers.runs import Outcome
+
+        with ray_session(self.options) as ray:
+            workers, gpus = worker_count(ray, self.options, len(users))
+            logger.info("train-users on %d Ray workers", workers)
+            threads = max(1, int(self.options.cpus_per_worker))
+            for user, result in pool_map(ray, UserTrainWorker, (config, threads), {u: u for u in users},
+                                         self.options, workers, gpus):
+                emit(Outcome(str(user), result["outcome"], result["seconds"], result.get("steps", 0),
+                             result.get("error")))
+
+
 def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRunReport:
-    """:func:`trainers.user.train_users` on a Ray cluster: same adapters, same ``run.json`` and report."""
-    from trainers.user import UserRunReport
+    """:func:`trainers.runs.train_users` on a Ray cluster: same adapters, same ``run.json`` and report."""
+    from trainers.runs import train_users
 
-    from .adapters import is_complete
-    from .data import load_task_split
-    from .io import remove_stale_temps, safe_name, write_json
-    from .tasks import get_task
-
-    task = get_task(config.task)
-    users = load_task_split(config.data_dir, task, config.split).select_users(config.users, config.max_users)
-    out = config.adapters_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    report = UserRunReport()
-    todo = []
-    for user in users:
-        if not config.update and is_complete(out / safe_name(user)):
-            report.skipped.append(user)
-            report.seconds[user] = 0.0
-        else:
-            todo.append(user)
-
-    def save() -> None:
-        write_json(out / "run.json", dataclasses.asdict(report))
-
-    bar = tqdm(total=len(users), initial=len(report.skipped), unit="user",
-               desc=f"train-users --ray {task.name} {config.variant}-{config.peft_type.lower()}")
-    try:
-        if todo:
-            with ray_session(options) as ray:
-                workers, gpus = worker_count(ray, options, len(todo))
-                bar.set_postfix_str(f"{workers} workers")
-                threads = max(1, int(options.cpus_per_worker))
-                for user, result in pool_map(ray, UserTrainWorker, (config, threads), {u: u for u in todo},
-                                             options, workers, gpus):
-                    if result["outcome"] == "failed":
-                        logger.warning("user %s failed: %s", user, result["error"])
-                        report.failed[str(user)] = result["error"]
-                    else:
-                        getattr(report, result["outcome"]).append(user)
-                    report.seconds[str(user)] = result["seconds"]
-                    save()
-                    bar.update(1)
-    finally:
-        bar.close()
-    order = {u: n for n, u in enumerate(users)}
-    for name in ("trained", "updated", "skipped"):
-        getattr(report, name).sort(key=order.__getitem__)
-    report.failed = dict(sorted(report.failed.items(), key=lambda kv: order[kv[0]]))
-    report.seconds = dict(sorted(report.seconds.items(), key=lambda kv: order[kv[0]]))
-    save()
-    remove_stale_temps(out)  # temporary folders of workers that died mid-save (their users were redone)
-    return report
+    return train_users(config, executor=RayExecutor(options))
 
 
 def predict_on_ray(config: PredictConfig, options: RayOptions) -> tuple[dict[str, str], Path,

@@ -1,24 +1,28 @@
 """Concurrent per-user LoRA training (trainers/concurrent.py): equal to each user alone, no gradient flow between
-users, close to the SFTTrainer path, standard PEFT folders, and train_users' skip/resume/failure semantics."""
+users, close to the SFTTrainer path, standard PEFT folders, gradient accumulation, updates of saved adapters, and
+how many slots it uses. The run layer's skip/resume/update/failure contracts are tested for every executor in
+test_trainers.py."""
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
 from datasets import Dataset
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, logits, make_lamp2n, user_config
-from oppu_hub.adapters import AdapterRecord, is_complete
+from oppu_hub.adapters import AdapterRecord
 from oppu_hub.data import load_task_split
-from oppu_hub.inference import PredictConfig, predict
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
-from trainers import UserAdapterConfig, UserAdapterTrainer, train_users
-from trainers.common import lr_factor, sft_config, warmup_steps
-from trainers.concurrent import UserJob, tokenize_rows, train_lora_users
+from trainers import ConcurrentExecutor, SequentialExecutor, UserAdapterConfig, UserAdapterTrainer, UserJob, train_users
+from trainers.common import MAX_AUTO_SLOTS, lr_factor, sft_config, slots_that_fit, warmup_steps
+from trainers.concurrent import ConcurrentLoraTrainer, batch_plan, tokenize_rows, train_lora_users
+from trainers.runs import local_executor
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,8 @@ def jobs_for(config, data, tok, out, sizes=None, weights=None):
     for i, user in enumerate(split.user_ids):
         rows = history_examples(builder, split.user_history(user), config.k)
         rows = rows[:sizes[i]] if sizes else rows
-        record = dict(user_id=user, task="LaMP-2N", base_model="x", base_fingerprint="f")
-        jobs.append(UserJob(user, rows, out / user, record, (weights or {}).get(user, 1.0)))
+        record = AdapterRecord(user_id=user, task="LaMP-2N", base_model="x", base_fingerprint="f")
+        jobs.append(UserJob(user, rows, out / user, record, loss_weight=(weights or {}).get(user, 1.0)))
     return jobs
 
 
@@ -106,10 +110,13 @@ def test_gradients_never_flow_between_users(data, tiny_base, tok, tmp_path):
     assert all(torch.equal(frozen[k], saved(init[0].folder)[k]) for k in frozen)  # still the initial adapter
 
 
-def test_close_to_the_sfttrainer_path(data, tiny_base, tok, tmp_path):
-    """With one batch per epoch the shuffle cannot matter: the Trainer path and this loop do the same math."""
-    kw = dict(users=["u3"], num_train_epochs=5, per_device_train_batch_size=6, learning_rate=0.01)
-    seq = user_config(data, tiny_base, tmp_path / "seq", **kw)
+@pytest.mark.parametrize(("batch", "accumulation"), [(6, 1), (3, 2)])
+def test_close_to_the_sfttrainer_path(data, tiny_base, tok, tmp_path, batch, accumulation):
+    """With one optimizer step per epoch the shuffle cannot matter: the Trainer path and this loop do the same
+    math, with gradient accumulation too (two batches of 3 make one update)."""
+    kw = dict(users=["u3"], num_train_epochs=5, per_device_train_batch_size=batch,
+              gradient_accumulation_steps=accumulation, learning_rate=0.01)
+    seq = user_config(data, tiny_base, tmp_path / "seq", concurrent=1, **kw)
     con = user_config(data, tiny_base, tmp_path / "con", concurrent=2, **kw)
     losses = []
     orig = UserAdapterTrainer.save_adapter
@@ -141,46 +148,92 @@ def test_close_to_the_sfttrainer_path(data, tiny_base, tok, tmp_path):
     assert not torch.allclose(la, logits(AutoModelForCausalLM.from_pretrained(tiny_base), tok), atol=1e-4)
 
 
-def test_train_users_concurrent_learns_skips_and_resumes(data, tiny_base, tmp_path):
-    config = user_config(data, tiny_base, tmp_path, concurrent=2)
-    done = []
-
-    def stop_after_first(user, folder):
-        done.append(user)
-        raise KeyboardInterrupt  # the process is killed right after the first user finished
-
-    with pytest.raises(KeyboardInterrupt):
-        train_users(config, on_done=stop_after_first)
-    out = config.adapters_dir()
-    assert [p.name for p in out.iterdir() if is_complete(p)] == done  # one whole adapter, nothing partial
-    assert sorted(p.name for p in out.iterdir() if p.name != "run.json") == done  # no temp folders
-    report = train_users(config)
-    assert report.skipped == done and sorted(report.trained) == sorted({"u3", "u4", "u5"} - set(done))
-    assert sorted(p.name for p in out.iterdir()) == ["run.json", "u3", "u4", "u5"]  # no temp folders
-    assert json.loads((out / "run.json").read_text())["skipped"] == done
-    for user in ("u3", "u4", "u5"):
-        record = AdapterRecord.from_folder(out / user)
-        assert record.num_history_items == 6 and record.last_item_id == f"{user}-5" and record.train_loss > 0
-        assert record.training["concurrent"] == 2 and oct((out / user).stat().st_mode & 0o777) == "0o700"
-    _, _, scores = predict(PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base),
-                                         adapters_dir=str(out)))
-    assert scores["accuracy"] == 1.0  # each user always picked one category; every adapter learned its own
-    assert train_users(config).skipped == ["u3", "u4", "u5"]
+def test_lm_head_only_at_label_positions_and_length_sorted_micro_batches(data, tiny_base, tok, tmp_path):
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    jobs = jobs_for(config, data, tok, tmp_path / "run")
+    head_rows, shapes = [], []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[0]))
+    model.model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                          with_kwargs=True)
+    train_lora_users(config, config.peft_config(), model, tok, jobs, slots=3, max_batch_tokens=64)
+    labels = 0
+    for job in jobs:
+        rows = tokenize_rows(job.rows, tok, config.max_prompt_length + 128)
+        labels += sum(t != -100 for step in batch_plan(config, len(rows)) for i in step for t in rows[i].labels[1:])
+    assert sum(head_rows) == labels  # the LM head saw exactly the positions that carry a label
+    assert all(n * width <= 64 or n == 1 for n, width in shapes) and len(shapes) > 2  # bounded micro-batches
+    widths = [width for _, width in shapes]
+    steps = 2  # three users in three slots, 6 rows each in batches of 3: every step holds all of them
+    assert sum(b < a for a, b in zip(widths, widths[1:], strict=False)) <= steps - 1  # shortest rows first
 
 
-def test_train_users_concurrent_records_failures_and_updates(data, tiny_base, tmp_path):
-    from oppu_hub.profiles import ProfileStore
+def test_gradient_accumulation_is_one_update_over_the_accumulated_batches(data, tiny_base, tok, tmp_path):
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=3, per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2)
+    whole = user_config(data, tiny_base, tmp_path, num_train_epochs=3, per_device_train_batch_size=4)
+    assert batch_plan(config, 6) == batch_plan(whole, 6) and len(batch_plan(config, 6)) == 3 * 2
+    assert len(batch_plan(dataclasses.replace(config, gradient_accumulation_steps=1), 6)) == 3 * 3
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    accumulated = train_lora_users(config, config.peft_config(), model, tok,
+                                   jobs_for(config, data, tok, tmp_path / "accumulated"), slots=3)
+    batched = train_lora_users(whole, whole.peft_config(), model, tok, jobs_for(whole, data, tok, tmp_path / "whole"),
+                               slots=3)
+    for a, b in zip(accumulated, batched, strict=True):
+        assert a.steps == b.steps == 6 and a.losses == pytest.approx(b.losses, abs=1e-6)
+        wa, wb = saved(a.folder), saved(b.folder)
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
-    ProfileStore(tmp_path / "profiles", "LaMP-2N").put("u4", "likes quantum things", {})
-    config = user_config(data, tiny_base, tmp_path / "out", concurrent=3, num_train_epochs=1, profile=True,
-                         profiles_dir=str(tmp_path / "profiles"))
-    report = train_users(config)
-    assert report.trained == ["u4"] and set(report.failed) == {"u3", "u5"}
-    assert "no profile for user 'u3'" in report.failed["u3"]
-    assert json.loads((config.adapters_dir() / "run.json").read_text())["failed"].keys() == {"u3", "u5"}
-    update = user_config(data, tiny_base, tmp_path / "out", concurrent=3, num_train_epochs=1, profile=True,
-                         profiles_dir=str(tmp_path / "profiles"), update=True, users=["u4"])
-    assert train_users(update).skipped == ["u4"]  # no newer items: the sequential update path says so
+
+def test_update_of_an_adapter_of_another_shape_is_refused(data, tiny_base, tmp_path):
+    config = user_config(data, tiny_base, tmp_path, users=["u3"], num_train_epochs=1)
+    assert train_users(config).trained == ["u3"]
+    grown = make_lamp2n(tmp_path / "grown", {"train": 2, "dev": 1, "test": 3}, history=8)
+    before = saved(config.adapters_dir() / "u3")
+    report = train_users(user_config(grown, tiny_base, tmp_path, users=["u3"], update=True, lora_r=4))
+    assert "another rank, alpha or target modules" in report.failed["u3"] and "--concurrent 1" in report.failed["u3"]
+    assert all(torch.equal(w, saved(config.adapters_dir() / "u3")[k]) for k, w in before.items())
+    # The sequential path continues the adapter with the settings it was saved with.
+    assert train_users(user_config(grown, tiny_base, tmp_path, users=["u3"], update=True, lora_r=4,
+                                   concurrent=1)).updated == ["u3"]
+
+
+def test_slots_fit_in_free_memory(data, tiny_base, tok, tmp_path, monkeypatch, caplog):
+    from trainers import common
+
+    assert common.free_memory(torch.device("cpu")) > 0
+    assert slots_that_fit(1, torch.device("cpu"), 5) == 5 and slots_that_fit(2**62, torch.device("cpu"), 5) == 1
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    lora = sum(p.numel() for n, p in get_peft_model(model, config.peft_config()).named_parameters() if "lora_" in n)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    monkeypatch.setattr(common, "free_memory", lambda device: 2 * 8 * 4 * lora * 2)  # room for two slots
+    trainer = ConcurrentLoraTrainer(config, config.peft_config(), model, tok, slots=3)
+    results = []
+    trainer.run(jobs_for(config, data, tok, tmp_path / "run"), results.append)
+    assert trainer.slots == 2 and "2 users at a time fit in memory, not 3" in caplog.text
+    assert sorted(r.user_id for r in results) == ["u3", "u4", "u5"] and not any(r.error for r in results)
+
+
+def test_the_default_trains_lora_users_together():
+    assert UserAdapterConfig().concurrent == 0
+    assert local_executor(UserAdapterConfig()) == ConcurrentExecutor(MAX_AUTO_SLOTS)
+    assert local_executor(UserAdapterConfig(concurrent=3)) == ConcurrentExecutor(3)
+    assert isinstance(local_executor(UserAdapterConfig(concurrent=1)), SequentialExecutor)
+    for peft_type in ("IA3", "PROMPT_TUNING"):
+        assert isinstance(local_executor(UserAdapterConfig(peft_type=peft_type)), SequentialExecutor)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("concurrent", -1, "concurrent must be 0 (auto), 1 (one by one) or more"),
+    ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be at least 1"),
+    ("num_train_epochs", 0, "num_train_epochs must be positive"),
+])
+def test_impossible_settings_are_refused_before_loading(data, tiny_base, tmp_path, field, value, message):
+    config = user_config(data, tiny_base, tmp_path, **{field: value})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_users(config)
+    assert not (tmp_path / "LaMP-2N").exists()
 
 
 def test_lr_schedule_matches_transformers():

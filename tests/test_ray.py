@@ -1,5 +1,6 @@
 """``train-users --ray`` and ``predict --ray`` on a real local Ray cluster of two nodes (separate processes):
-the adapters equal the single-machine ones, a worker killed mid-user costs nothing but a retry, re-runs skip."""
+the adapters equal the single-machine ones (both with the default, concurrent LoRA executor), a worker killed
+mid-user costs nothing but a retry, re-runs skip."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def assert_same_adapters(out: Path, reference: Path) -> None:
         theirs = load_file(reference / user / "adapter_model.safetensors")
         assert ours.keys() == theirs.keys()
         for name, tensor in theirs.items():
-            # Workers use one torch thread, the single-machine run all cores: float sums in another order.
+            # Workers use one torch thread and train one user at a time, the single-machine run all cores and
+            # its users together (the default): float sums in another order.
             assert torch.allclose(ours[name], tensor, rtol=1e-4, atol=1e-5), (user, name)
         assert not all(torch.count_nonzero(t) == 0 for n, t in theirs.items() if "lora_B" in n)  # it trained
 
@@ -125,25 +127,26 @@ def crash_hook() -> None:
     crash_dir = os.environ.get("OPPU_TEST_CRASH_DIR")
     if not crash_dir:
         return
+    from safetensors.torch import save_file
+
     from oppu_hub.io import atomic_dir
-    from trainers.user import UserAdapterTrainer
+    from trainers.concurrent import ConcurrentLoraTrainer
 
-    original = UserAdapterTrainer.save_adapter
+    original = ConcurrentLoraTrainer._save
 
-    def save_adapter(self, folder, record, *, overwrite=False):
-        folder = Path(folder)
+    def save(self, s, slot):
+        folder = Path(slot.job.folder)
         marker = Path(crash_dir) / f"{folder.name}.crashed"
         if folder.name == CRASH_USER and not marker.exists():
             marker.write_text(str(os.getpid()))
             with atomic_dir(folder) as tmp:
-                self.model.save_pretrained(tmp)
+                save_file(self.adapter_state(s), str(tmp / "adapter_model.safetensors"))
                 os._exit(1)
-        result = original(self, folder, record, overwrite=overwrite)
+        original(self, s, slot)
         with open(Path(crash_dir) / "saved.log", "a") as f:
             f.write(f"{folder.name} {os.getpid()}\n")
-        return result
 
-    UserAdapterTrainer.save_adapter = save_adapter
+    ConcurrentLoraTrainer._save = save
 
 
 def test_a_worker_killed_mid_user_is_retried_elsewhere(cluster, data, tiny_base, single, tmp_path):

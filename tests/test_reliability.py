@@ -185,13 +185,17 @@ def test_files_and_folder_are_flushed_before_the_rename(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # Owner-only permissions of training folders and caches
 # ---------------------------------------------------------------------------------------------------------------
-def test_training_folders_and_profiles_are_owner_only(tmp_path, tiny_base, monkeypatch):
+@pytest.mark.parametrize("concurrent", [1, 2], ids=["sequential", "concurrent"])
+def test_training_folders_and_profiles_are_owner_only(tmp_path, tiny_base, monkeypatch, concurrent):
     from oppu_hub.profiles import ProfileStore
-    from trainers import UserAdapterTrainer, train_users
+    from trainers import train_users
+    from trainers.concurrent import ConcurrentLoraTrainer
+    from trainers.user import UserAdapterTrainer
 
     data = make_lamp2n(tmp_path / "data", {"test": 2}, history=4)
-    config = user_config(data, tiny_base, tmp_path / "runs" / "users", num_train_epochs=2)
-    orig, calls = UserAdapterTrainer._save_checkpoint, {"n": 0}
+    config = user_config(data, tiny_base, tmp_path / "runs" / "users", num_train_epochs=2, concurrent=concurrent)
+    trainer = UserAdapterTrainer if concurrent == 1 else ConcurrentLoraTrainer
+    orig, calls = trainer._save_checkpoint, {"n": 0}
 
     def crash_on_second_checkpoint(self, *a, **kw):
         calls["n"] += 1
@@ -199,12 +203,12 @@ def test_training_folders_and_profiles_are_owner_only(tmp_path, tiny_base, monke
             raise KeyboardInterrupt
         return orig(self, *a, **kw)
 
-    monkeypatch.setattr(UserAdapterTrainer, "_save_checkpoint", crash_on_second_checkpoint)
+    monkeypatch.setattr(trainer, "_save_checkpoint", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train_users(config)
     out = config.adapters_dir()
     work = out / ".u0.work"
-    assert list(work.glob("checkpoint-*/*"))  # optimizer state and the data order of the user's first epoch
+    assert list(work.glob("*checkpoint*/*"))  # optimizer state and the data order of the user's first epoch
     assert_owner_only(out)  # the adapters folder, the work folder and its checkpoint files
     monkeypatch.undo()
     train_users(config)
@@ -232,17 +236,19 @@ def same_date_data(folder: Path, history: int) -> Path:
 
 @pytest.fixture
 def dataset_sizes(monkeypatch):
-    """The sizes of the datasets user trainers are built with."""
-    from trainers import UserAdapterTrainer
+    """The number of rows of each user job that is trained (whichever executor trains it)."""
+    import trainers.runs
 
     sizes: list[int] = []
-    orig = UserAdapterTrainer.__init__
+    orig = trainers.runs.plan_job
 
-    def spy(self, *a, **kw):
-        sizes.append(len(kw["train_dataset"]))
-        orig(self, *a, **kw)
+    def spy(*a, **kw):
+        job = orig(*a, **kw)
+        if job is not None:
+            sizes.append(len(job.rows))
+        return job
 
-    monkeypatch.setattr(UserAdapterTrainer, "__init__", spy)
+    monkeypatch.setattr(trainers.runs, "plan_job", spy)
     return sizes
 
 

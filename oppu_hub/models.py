@@ -49,6 +49,15 @@ def default_gguf() -> Path:
     return path
 
 
+def default_gguf_sha256() -> str:
+    """The sha256 (hex) of the GGUF file the default base is dequantized from (model cards record it)."""
+    digest = hashlib.sha256()
+    with default_gguf().open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def ensure_default_base() -> Path:
     """Convert the default GGUF to a normal safetensors model folder once and return that folder."""
     target = cache_dir() / "models" / DEFAULT_BASE

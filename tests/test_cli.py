@@ -66,8 +66,10 @@ def test_missing_user_and_adapter(built, tiny_base, tmp_path, capsys):
 
 
 def test_help_on_every_command(capsys):
-    for command in ["data", "train-base", "train-users", "profiles", "predict", "push", "list", "pull", "demo"]:
+    commands = ["data", "train-base", "train-users", "profiles", "predict", "push", "list", "pull", "delete", "demo",
+                "eval", "analyze", "space"]
+    for argv in [["--help"], *([command, "--help"] for command in commands)]:
         with pytest.raises(SystemExit) as exit_info:
-            main([command, "--help"])
+            main(argv)
         assert exit_info.value.code == 0
     assert "--peft_type" in capsys.readouterr().out

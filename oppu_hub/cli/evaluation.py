@@ -14,7 +14,7 @@ def register(subparsers: Any) -> None:
 
     add_command(subparsers, "eval", _eval,
                 "run methods (model-free baselines, the paper's Table 2, the pooled-adapter control) on the test "
-                "users of LaMP tasks and print/write a Table-2 style leaderboard with n and paired bootstrap 95% "
+                "users of LaMP tasks and print/write a Table-2 style leaderboard with n and paired bootstrap 95%% "
                 "intervals over users", EvalConfig)
     analyze = subparsers.add_parser("analyze", help="the paper's analyses: each writes a PNG plot and a table",
                                     description="the paper's analyses: each writes a PNG plot and a table")

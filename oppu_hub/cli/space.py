@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
     except (OSError, ImportError, SyntaxError):  # an installed copy without the space/ folder
         subparsers.add_parser("space", help="serve the comparison app (needs space/app.py)").set_defaults(func=_space)
         return
-    add_command(subparsers, "space", _space, "serve the Gradio app comparing base, RAG, OPPU and OPPU + RAG",
-                config_cls)
+    add_command(subparsers, "space", _space, "serve the Gradio app comparing base, RAG, OPPU and OPPU + RAG, where "
+                "visitors also make, compare and delete their own adapter", config_cls)
 
 
 def _space(args: argparse.Namespace) -> int:

@@ -58,7 +58,7 @@ def test_peft_similarity(env):
 
 
 def test_peft_type(env):
-    table = run(env, "peft-type", "--peft_types", "LORA", "IA3", "PROMPT_TUNING", "--users", "2")
+    table = run(env, "peft-type", "--peft_types", "LORA", "IA3", "PROMPT_TUNING", "--users", "2", "--lora_r", "8")
     shares = {r[1]: r[3] for r in table["rows"]}
     assert set(shares) == {"LORA", "IA3", "PROMPT_TUNING"} and all(0 < s < 100 for s in shares.values())
     # LoRA r=8 on q,v of a 2-layer hidden-32 model: 2 layers x (q: 8*(32+32) + v: 8*(32+16)) parameters.

@@ -72,7 +72,8 @@ class Generator:
         record = AdapterRecord.from_folder(folder)
         check_base(record, self.fingerprint, where=str(folder))
         if self._peft_type not in (None, record.peft_type):
-            raise ValueError(f"cannot mix {record.peft_type} and {self._peft_type} adapters on one base")
+            raise ValueError(f"{folder}: a {record.peft_type} adapter cannot join the resident {self._peft_type} "
+                             f"adapters in one batch; predict each PEFT type separately")
         if name in self._resident:  # stale weights under this name
             self._evict(name)
         if self.model is self.base:

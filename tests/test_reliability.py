@@ -19,6 +19,7 @@ from conftest import REPO, make_lamp2n, make_random_adapter, user_config
 from hub_server import ALICE, ALICE_READ_ONLY
 from oppu_hub.adapters import AdapterRecord
 from oppu_hub.io import atomic_dir, remove_stale_temps
+from oppu_hub.models import model_fingerprint
 from oppu_hub.store import HubStore, LocalStore, StoreAuthError, StoreUploadError, forget_user
 
 if TYPE_CHECKING:
@@ -593,9 +594,28 @@ def bad_base_of_another_task(tmp, data, q, o, base):
             "--output_dir", str(tmp / "out")], "oppu_base.json"
 
 
+def bad_peft_types_mixed_in_a_batch(tmp, data, q, o, base):
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # this setup's own loads are not the CLI's output
+    second = {**q[0], "id": f"{q[0]['id']}b", "user_id": "u1"}
+    _write(data, questions=[*q, second], outputs={**o, "golds": [*o["golds"], {**o["golds"][0], "id": second["id"]}]})
+    adapters = tmp / "adapters"
+    make_random_adapter(base, adapters / "u0", user_id="u0")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    get_peft_model(model, IA3Config(target_modules=["q_proj", "v_proj"], feedforward_modules=[])).save_pretrained(
+        adapters / "u1")
+    AdapterRecord(user_id="u1", task="LaMP-2N", base_model=str(base), base_fingerprint=model_fingerprint(model),
+                  peft_type="IA3").save(adapters / "u1")
+    return ["predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(base),
+            "--adapters_dir", str(adapters)], f"{adapters}/u"  # names the folder (load order is either user first)
+
+
 BAD_INPUTS = [bad_malformed_json, bad_missing_golds, bad_unknown_task, bad_unknown_user, bad_empty_history,
               bad_item_missing_keys, bad_not_utf8, bad_adapter_of_another_base, bad_base_of_another_task,
-              bad_gold_outside_labels]
+              bad_gold_outside_labels, bad_peft_types_mixed_in_a_batch]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda f: getattr(f, "__name__", "")[4:])

@@ -142,7 +142,7 @@ def load_split(
     if outputs is not None and outputs.get("task") and outputs["task"].replace("-", "_") not in _task_names(resolved):
         raise LampDataError(f"{outputs_path}: task {outputs['task']!r} does not match {resolved.name}")
     golds = _gold_map(outputs, outputs_path) if outputs is not None else {}
-    questions = [_question(q, i, resolved, questions_path, require_profile) for i, q in enumerate(raw)]
+    questions = [parse_question(q, i, resolved, questions_path, require_profile) for i, q in enumerate(raw)]
     dupes = [i for i, n in Counter(q.id for q in questions).items() if n > 1]
     if dupes:
         raise LampDataError(f"{questions_path}: duplicate question ids {dupes[:5]}")
@@ -226,7 +226,9 @@ def _gold_map(outputs: Any, path: str | Path | None) -> dict[str, str]:
     return golds
 
 
-def _question(raw: Any, index: int, task: Task, path: Path, require_profile: bool) -> Question:
+def parse_question(raw: Any, index: int, task: Task, path: Path, require_profile: bool) -> Question:
+    """One raw LaMP question checked against ``task`` (keys, profile items, input format); errors name ``path``,
+    the question and the item."""
     where = f"{path}: question [{index}]"
     if not isinstance(raw, dict):
         raise LampDataError(f"{where} is not an object")

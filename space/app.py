@@ -192,7 +192,7 @@ def read_history(path: str | Path, task: Any, question: dict[str, Any]) -> list[
     """The history items of a visitor's upload, in time order: a JSON list of LaMP profile items (or a LaMP question
     with its ``profile``) or JSON Lines of items, checked as a LaMP question's profile is (:mod:`oppu_hub.data`)
     when it is the profile of ``question``."""
-    from oppu_hub.data import LampDataError, _question, chronological
+    from oppu_hub.data import LampDataError, chronological, parse_question
 
     path = Path(path)
     try:
@@ -211,7 +211,7 @@ def read_history(path: str | Path, task: Any, question: dict[str, Any]) -> list[
         raise SpaceError(f"{path.name}: expected a list of {task.name} history items (a LaMP profile), or one item "
                          f"per line, not a JSON {type(data).__name__}")
     try:
-        return chronological(_question({**question, "profile": data}, 0, task, Path(path.name), True).profile)
+        return chronological(parse_question({**question, "profile": data}, 0, task, Path(path.name), True).profile)
     except LampDataError as e:
         raise SpaceError(str(e)) from e
 

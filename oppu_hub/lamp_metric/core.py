@@ -13,9 +13,10 @@ the folder can be pushed to the Hub as a metric Space on its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 RATING_RANGE = (1.0, 5.0)  # LaMP-3's lowest and highest rating
 
@@ -92,11 +93,17 @@ def mae_rmse(predictions: Sequence[str], references: Sequence[str]) -> dict[str,
     return {"mae": sum(abs(e) for e in errors) / n, "rmse": math.sqrt(sum(e * e for e in errors) / n)}
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1 and ROUGE-L F-measure of each prediction against its reference."""
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    """One scorer for every call (the bootstrap scores each query on its own)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"])
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"])
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-L F-measure of each prediction against its reference."""
+    scorer = _rouge_scorer()
     scores = [scorer.score(str(ref).strip(), str(pred).strip())
               for pred, ref in zip(predictions, references, strict=True)]
     n = max(len(scores), 1)

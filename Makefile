@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Extra flags for the demo, e.g. `make demo DEMO_FLAGS="--precision fp32"` (what a CPU without bf16 runs)
+DEMO_FLAGS ?=
 demo: install
-	$(BIN)/oppu-hub demo
+	$(BIN)/oppu-hub demo $(DEMO_FLAGS)
 
 test: install lint browser
 	$(BIN)/pytest -q

@@ -14,4 +14,4 @@ TASKS=${TASKS:-LaMP-2N LaMP-2M LaMP-3 LaMP-7 LaMP-4 LaMP-1 LaMP-5}
 # shellcheck disable=SC2086  # TASKS is a list
 exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --tasks $TASKS \
   --methods majority user-majority bm25-copy np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 \
-  --users 40 --base_examples 128 --base_epochs 1 --max_history 16 "$@"
+  --users 40 --base.max_examples 128 --base.num_train_epochs 1 --user.max_history 16 "$@"

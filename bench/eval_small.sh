@@ -13,5 +13,5 @@ fi
 exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" \
   --tasks LaMP-1 LaMP-2N LaMP-2M LaMP-3 LaMP-4 LaMP-5 LaMP-7 \
   --methods majority user-majority bm25-copy np-k0 random-k1 rag-k1 oppu-k0 oppu-k1 \
-  --users 3 --train_users 16 --base_examples 32 --base_epochs 1 --max_history 8 --user_epochs 1 \
-  --max_prompt_length 256 "$@"
+  --users 3 --train_users 16 --base.max_examples 32 --base.num_train_epochs 1 --user.max_history 8 \
+  --user.num_train_epochs 1 --max_prompt_length 256 "$@"

@@ -9,10 +9,16 @@ users) arrives at t=0 and is served first-in first-out by :class:`oppu_hub.infer
   deleted and the next loaded from disk; what a server without multi-adapter support does).
 * ``resident``: one request at a time, every adapter resident (no load cost; isolates the batching gain).
 * ``mixed-B``: batches of ``B`` consecutive requests, each row with its own user's adapter (peft ``adapter_names``).
+* ``sorted-B``: as ``mixed-B``, but the queue is served shortest prompt first, so a batch's prompts have similar
+  lengths and its prefill pads little (all requests arrived together, so reordering keeps nobody waiting longer
+  than the whole burst).
 
-Latency of a request = when its batch finished (all arrived at t=0); tokens = generated tokens (the outputs are the
-same in every mode, checked). Adapters: random LoRA r=8 on q/v (small B, so outputs stay fluent), saved as oppu-hub
-adapter folders. Prints a table and writes ``bench/results/serve_users.json``.
+Prompts are the task's query prompts (``--task``, k=0; the first ``--requests`` training queries, so real prompt
+lengths), with the task's answer
+budget. Latency of a request = when its batch finished (all arrived at t=0); tokens = generated tokens (the outputs
+are the same in every mode, checked). Where the time goes: each mode is run a second time with one new token, whose
+time is its prefill (and the first token); decode = the rest. Adapters: random LoRA r=8 on q/v (small B, so outputs
+stay fluent), saved as oppu-hub adapter folders. Prints a table and writes ``bench/results/serve_users[-TASK].json``.
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
 from oppu_hub.inference import Generator  # noqa: E402
 from oppu_hub.models import load_base, model_fingerprint, resolve_base  # noqa: E402
-from oppu_hub.prompts import PromptBuilder, history_examples  # noqa: E402
-from oppu_hub.tasks import get_task  # noqa: E402
+from oppu_hub.prompts import PromptBuilder, query_prompt  # noqa: E402
+from oppu_hub.tasks import Task, get_task  # noqa: E402
 from trainers.common import set_threads  # noqa: E402
 
 
-def make_adapters(base: str, users: list[str], root: Path) -> list[Path]:
+def make_adapters(base: str, task: Task, users: list[str], root: Path) -> list[Path]:
     from peft import LoraConfig, get_peft_model
 
     model, _ = load_base(base)
@@ -57,21 +63,25 @@ def make_adapters(base: str, users: list[str], root: Path) -> list[Path]:
                     p.mul_(0.05)
         folder = root / f"user{i}"
         peft_model.save_pretrained(folder)
-        AdapterRecord(user_id=user, task="LaMP-2N", base_model=base, base_fingerprint=fingerprint).save(folder)
+        AdapterRecord(user_id=user, task=task.name, base_model=base, base_fingerprint=fingerprint).save(folder)
         peft_model.base_model.unload()
         folders.append(folder)
     return folders
 
 
 def serve(gen: Generator, folders: list[Path], prompts: list[str], owners: list[int], batch: int,
-          max_new_tokens: int) -> tuple[list[str], list[float], float]:
-    """FIFO batches of ``batch`` requests; returns outputs, per-request latencies and the total time."""
-    outputs, latencies = [], []
+          max_new_tokens: int, order: list[int] | None = None) -> tuple[list[str], list[float], float]:
+    """Batches of ``batch`` requests in ``order`` (default FIFO); returns the outputs and latencies in request
+    order, and the total time."""
+    order = order or list(range(len(prompts)))
+    outputs, latencies = [""] * len(prompts), [0.0] * len(prompts)
     start = time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        names = [gen.load(folders[owners[j]]) for j in range(i, min(i + batch, len(prompts)))]
-        outputs += gen.generate(prompts[i:i + batch], names, max_new_tokens, batch_size=batch)
-        latencies += [time.perf_counter() - start] * len(names)
+    for i in range(0, len(order), batch):
+        rows = order[i:i + batch]
+        names = [gen.load(folders[owners[j]]) for j in rows]
+        texts = gen.generate([prompts[j] for j in rows], names, max_new_tokens, batch_size=batch)
+        for j, text in zip(rows, texts, strict=True):
+            outputs[j], latencies[j] = text, time.perf_counter() - start
     return outputs, latencies, time.perf_counter() - start
 
 
@@ -82,27 +92,34 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--max_new_tokens", type=int, default=8, help="LaMP-2N's answer budget is 8")
-    parser.add_argument("--out", default=str(REPO / "bench/results/serve_users.json"))
+    parser.add_argument("--task", default="LaMP-2N", help="whose prompts and answer budget")
+    parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's answer budget")
+    parser.add_argument("--out", default=None, help="default bench/results/serve_users[-TASK].json")
     args = parser.parse_args()
     set_threads()
     base = resolve_base(args.base)
-    task = get_task("LaMP-2N")
-    split = load_task_split(args.data_dir, task, "test")
-    users = split.user_ids[:args.users]
+    task = get_task(args.task)
+    max_new_tokens = args.max_new_tokens or task.max_new_tokens
+    out = args.out or str(REPO / "bench/results" / ("serve_users.json" if task.name == "LaMP-2N"
+                                                    else f"serve_users-{task.name}.json"))
+    users = load_task_split(args.data_dir, task, "test").user_ids[:args.users]
+    queries = load_task_split(args.data_dir, task, "train").questions[:args.requests]
     model, tokenizer = load_base(base)
     builder = PromptBuilder(task, tokenizer, 384)
-    per_user = {u: [r["prompt"] for r in history_examples(builder, split.user_history(u)[-args.requests:])]
-                for u in users}
-    owners = [i % len(users) for i in range(args.requests)]
-    prompts = [per_user[users[o]][i // len(users) % len(per_user[users[o]])] for i, o in enumerate(owners)]
-    folders = make_adapters(base, users, Path(tempfile.mkdtemp(prefix="bench-serve-")))
-    modes = [("swap", 1, 1), ("resident", len(users), 1)] + [(f"mixed-{b}", len(users), b) for b in args.batches]
+    prompts = [query_prompt(builder, q, [], 0) for q in queries]
+    owners = [i % len(users) for i in range(len(prompts))]
+    folders = make_adapters(base, task, users, Path(tempfile.mkdtemp(prefix="bench-serve-")))
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    by_length = sorted(range(len(prompts)), key=lengths.__getitem__)
+    modes = [("swap", 1, 1, None), ("resident", len(users), 1, None)]
+    modes += [(f"{kind}-{b}", len(users), b, order) for b in args.batches
+              for kind, order in (("mixed", None), ("sorted", by_length))]
     results, reference = [], None
-    for mode, resident, batch in modes:
+    for mode, resident, batch, order in modes:
         gen = Generator(model, tokenizer, max_adapters=resident)
         serve(gen, folders, prompts[:2], owners[:2], 1, 2)  # warm-up (first adapter load, first generate)
-        outputs, latencies, seconds = serve(gen, folders, prompts, owners, batch, args.max_new_tokens)
+        outputs, latencies, seconds = serve(gen, folders, prompts, owners, batch, max_new_tokens, order)
+        _, _, prefill = serve(gen, folders, prompts, owners, batch, 1, order)
         if gen.model is not gen.base:
             gen.model.base_model.unload()  # the shared base comes back clean for the next mode
         reference = reference or outputs
@@ -110,19 +127,21 @@ def main() -> None:
         q = statistics.quantiles(latencies, n=20)
         results.append(dict(mode=mode, batch=batch, seconds=round(seconds, 2), tokens=tokens,
                             tokens_per_s=round(tokens / seconds, 1), requests_per_s=round(len(prompts) / seconds, 2),
+                            prefill_s=round(prefill, 2), decode_s=round(max(0.0, seconds - prefill), 2),
                             p50_s=round(statistics.median(latencies), 2), p95_s=round(q[18], 2),
                             same_outputs_as_swap=sum(a == b for a, b in zip(outputs, reference, strict=True))))
         print(json.dumps(results[-1]), flush=True)
     ref = results[0]
-    print(f"\n{args.requests} requests from {len(users)} users at t=0, max_new_tokens={args.max_new_tokens}, "
+    print(f"\n{task.name}: {args.requests} requests from {len(users)} users at t=0, prompts {min(lengths)}-"
+          f"{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), max_new_tokens={max_new_tokens}, "
           f"{torch.get_num_threads()} threads")
-    print("| mode | batch | s | tokens/s | x swap | req/s | p50 s | p95 s | same outputs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| mode | batch | s | tokens/s | x swap | prefill s | decode s | p50 s | p95 s | same outputs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['mode']} | {r['batch']} | {r['seconds']} | {r['tokens_per_s']} | "
-              f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['requests_per_s']} | {r['p50_s']} | {r['p95_s']} | "
-              f"{r['same_outputs_as_swap']}/{args.requests} |")
-    save_report(args.out, results=results)
+              f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['prefill_s']} | {r['decode_s']} | {r['p50_s']} | "
+              f"{r['p95_s']} | {r['same_outputs_as_swap']}/{args.requests} |")
+    save_report(out, task=task.name, prompt_tokens=lengths, max_new_tokens=max_new_tokens, results=results)
 
 
 if __name__ == "__main__":

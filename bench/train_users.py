@@ -1,21 +1,20 @@
-"""Users/hour and trained tokens/s of per-user adapter training: a reference-style loop vs this project's paths.
+"""Users/hour of per-user adapter training at a real workload: the sequential reference vs concurrent training.
 
     .venv/bin/oppu-hub data build --source_dir ../shared/data --out_dir /tmp/bench-data --tasks LaMP-2N
-    .venv/bin/python bench/train_users.py --data_dir /tmp/bench-data --users 8 --history 8 --epochs 1
+    .venv/bin/python bench/train_users.py --data_dir /tmp/bench-data --users 8 --history 16 --epochs 2
 
-Modes, all on the same users, items (each user's ``--history`` most recent), epochs and hyperparameters, in one run:
+Every mode trains the same users on the same items (each user's ``--history`` most recent), epochs and
+hyperparameters (the LaMP-2N dev-tuned defaults of :mod:`oppu_hub.tuned`), in one run:
 
-* ``reference``: one user at a time, fp32, a new peft model + ``SFTTrainer`` per user, padded batches of that user's
-  items (``train_users`` with ``--precision fp32 --concurrent 1``; the base is loaded once).
-* ``default``: this project's default (``train_users``: sequential, bf16 autocast where the CPU has it).
-* ``concurrent``: ``train_users --concurrent N`` (trainers/concurrent.py), in bf16 where available; ``concurrent-fp32``
-  the same in fp32 (to separate the batching gain from the dtype gain).
+* ``reference``: one user at a time, an ``SFTTrainer`` per user (``train-users --concurrent 1``), fp32;
+* ``concurrent``: the default (``train-users``: users together in slots, trainers/concurrent.py), fp32;
+* ``sequential-bf16`` / ``concurrent-bf16``: the same in bf16 autocast, where the CPU has AVX512-BF16/AMX (their
+  "x reference" column compares across dtypes and says so).
 
-Tokens are the non-padding tokens of the training rows (prompt + completion + EOS) times epochs, the same count for
-every mode. Model FLOPs = 6 x P x tokens with P = every parameter of the base (embeddings included); the fraction is
-against the best matmul throughput measured in this run with torch matmuls of the model's shapes, for the dtype the
-mode trains in. Quality: the mean final training loss (``oppu.json``) and accuracy on those users' test queries.
-Prints a table and writes ``bench/results/train_users.json``.
+Work is the honest model of :mod:`_work` (frozen base: no weight gradients; the LM head only where a loss is
+taken), the same count for every mode; "of peak" is against the best torch matmul of the model's shapes measured
+in this run for the mode's dtype. Quality: each mode's mean final training loss and its predictions on the users'
+test queries, compared with the reference's. Prints a table and writes ``bench/results/train_users.json``.
 """
 
 from __future__ import annotations
@@ -33,45 +32,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _report import save_report  # noqa: E402
+from _work import matmul_peak, model_shape, training_flops  # noqa: E402
 
 from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
 from oppu_hub.inference import PredictConfig, predict  # noqa: E402
+from oppu_hub.metrics import score  # noqa: E402
 from oppu_hub.models import load_base, resolve_base  # noqa: E402
 from oppu_hub.prompts import PromptBuilder, history_examples  # noqa: E402
 from oppu_hub.tasks import get_task  # noqa: E402
+from oppu_hub.tuned import user_defaults  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
 from trainers.common import bf16_available, set_threads  # noqa: E402
 from trainers.concurrent import tokenize_rows  # noqa: E402
 
-
-def matmul_peak(dtype: torch.dtype, tokens: int = 1024, hidden: int = 576, inter: int = 1536,
-                seconds: float = 1.0) -> dict[str, float]:
-    """GFLOP/s of ``x @ W^T`` for the model's projection shapes (q/o, MLP up/gate, MLP down)."""
-    out = {}
-    for name, (k, n) in {"q/o 576x576": (hidden, hidden), "up 576x1536": (hidden, inter),
-                         "down 1536x576": (inter, hidden)}.items():
-        x, w = torch.randn(tokens, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-        for _ in range(3):
-            x @ w.T
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            x @ w.T
-            reps += 1
-        out[name] = 2 * tokens * k * n * reps / (time.perf_counter() - start) / 1e9
-    return out
+TASK = get_task("LaMP-2N")
+MODES = {"reference": dict(precision="fp32", concurrent=1), "concurrent": dict(precision="fp32", concurrent=0),
+         "sequential-bf16": dict(precision="bf16", concurrent=1), "concurrent-bf16": dict(precision="bf16",
+                                                                                          concurrent=0)}
 
 
-def count_tokens(config: UserAdapterConfig, users: list[str], tokenizer) -> int:
-    task = get_task(config.task)
-    split = load_task_split(config.data_dir, task, "test")
-    builder = PromptBuilder(task, tokenizer, config.max_prompt_length)
-    total = 0
-    for user in users:
-        history = list(split.user_history(user))[-config.max_history:]
-        rows = tokenize_rows(history_examples(builder, history, config.k), tokenizer, config.max_prompt_length + 128)
-        total += sum(len(r.input_ids) for r in rows)
-    return int(total * config.num_train_epochs)
+def workload(data_dir: str, base: str, users: int, history: int, epochs: float) -> dict:
+    """The ``UserAdapterConfig`` fields every mode shares: the first ``users`` LaMP-2N test users with at least
+    ``history`` items, their ``history`` latest items, ``epochs`` and the task's dev-tuned adapter settings."""
+    split = load_task_split(data_dir, TASK, "test")
+    chosen = [u for u in split.user_ids if len(split.user_history(u)) >= history][:users]
+    tuned = user_defaults(TASK.name)
+    return dict(task=TASK.name, data_dir=data_dir, base_dir=base, users=chosen, max_history=history,
+                num_train_epochs=epochs, learning_rate=tuned.learning_rate, lora_r=tuned.lora_r,
+                lora_alpha=tuned.lora_alpha, target_modules=list(tuned.target_modules))
+
+
+def training_rows(config: UserAdapterConfig, users: list[str], tokenizer) -> list:
+    """The tokenized rows the users train on (as both trainers tokenize them)."""
+    split = load_task_split(config.data_dir, TASK, "test")
+    builder = PromptBuilder(TASK, tokenizer, config.max_prompt_length)
+    return [row for user in users for row in tokenize_rows(
+        history_examples(builder, list(split.user_history(user))[-config.max_history:], config.k), tokenizer,
+        config.max_prompt_length + 128)]
 
 
 def main() -> None:
@@ -79,63 +77,63 @@ def main() -> None:
     parser.add_argument("--data_dir", default="/tmp/bench-data")
     parser.add_argument("--base", default="SmolLM2-135M-Instruct", help="base model folder or the default name")
     parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--history", type=int, default=8, help="most recent history items per user")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--concurrent", type=int, default=8)
-    parser.add_argument("--modes", nargs="+", default=["reference", "default", "concurrent", "concurrent-fp32"])
+    parser.add_argument("--history", type=int, default=16, help="most recent history items per user")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES),
+                        default=["reference", "concurrent", *(["sequential-bf16", "concurrent-bf16"]
+                                                              if bf16_available() else [])])
     parser.add_argument("--out", default=str(REPO / "bench/results/train_users.json"))
     args = parser.parse_args()
     set_threads()
     base = resolve_base(args.base)
-    split = load_task_split(args.data_dir, get_task("LaMP-2N"), "test")
-    users = [u for u in split.user_ids if len(split.user_history(u)) >= args.history][:args.users]
+    common = workload(args.data_dir, base, args.users, args.history, args.epochs)
+    users = common["users"]
+    split = load_task_split(args.data_dir, TASK, "test")
+    golds = {q.id: q.gold for u in users for q in split.user_questions(u)}
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    common = dict(task="LaMP-2N", data_dir=args.data_dir, base_dir=base, users=users, max_history=args.history,
-                  num_train_epochs=args.epochs)
-    modes = {"reference": dict(precision="fp32", concurrent=1), "default": dict(concurrent=1),
-             "concurrent": dict(concurrent=args.concurrent), "concurrent-fp32": dict(precision="fp32",
-                                                                                      concurrent=args.concurrent)}
-    bf16 = bf16_available()
-    peaks = {"fp32": matmul_peak(torch.float32)}
-    if bf16:
-        peaks["bf16"] = matmul_peak(torch.bfloat16)
     model, tokenizer = load_base(base)
-    params = sum(p.numel() for p in model.parameters())
+    template = UserAdapterConfig(**common)
+    shape = model_shape(model, template.targets(), template.lora_r)
+    work = training_flops(shape, training_rows(template, users, tokenizer), args.epochs)
     del model
-    results = []
-    tokens = None
+    peaks = {"fp32": matmul_peak(torch.float32, shape)}
+    if any(MODES[m]["precision"] == "bf16" for m in args.modes):
+        peaks["bf16"] = matmul_peak(torch.bfloat16, shape)
+    results, reference = [], None
     for mode in args.modes:
-        config = UserAdapterConfig(**common, **modes[mode], output_dir=str(scratch / mode))
-        tokens = tokens or count_tokens(config, users, tokenizer)
+        config = UserAdapterConfig(**common, **MODES[mode], output_dir=str(scratch / mode))
         start = time.perf_counter()
         report = train_users(config)
         seconds = time.perf_counter() - start
         assert sorted(report.trained) == sorted(users), report
-        dtype = "bf16" if config.precision == "bf16" or (config.precision == "auto" and bf16) else "fp32"
         losses = [AdapterRecord.from_folder(config.adapters_dir() / u).train_loss for u in users]
-        _, _, scores = predict(PredictConfig(task="LaMP-2N", data_dir=args.data_dir, base_dir=base, users=users,
-                                             adapters_dir=str(config.adapters_dir()),
-                                             output=str(scratch / f"{mode}-predictions.json")))
-        flops = 6 * params * tokens / seconds
+        predictions = predict(PredictConfig(task=TASK.name, data_dir=args.data_dir, base_dir=base, users=users,
+                                            adapters_dir=str(config.adapters_dir())))
+        reference = reference or predictions
+        dtype = MODES[mode]["precision"]
+        gflops = work["total"] / seconds / 1e9
         results.append(dict(mode=mode, dtype=dtype, seconds=round(seconds, 1),
                             users_per_hour=round(len(users) * 3600 / seconds, 1),
-                            tokens_per_s=round(tokens / seconds, 1), gflops=round(flops / 1e9, 1),
-                            peak_fraction=round(flops / 1e9 / max(peaks[dtype].values()), 3),
-                            mean_train_loss=round(sum(losses) / len(losses), 4),
-                            accuracy=round((scores or {}).get("accuracy", float("nan")), 3)))
+                            tokens_per_s=round(work["tokens"] / seconds, 1), gflops=round(gflops, 1),
+                            peak_fraction=round(gflops / max(peaks[dtype].values()), 3),
+                            mean_train_loss=round(sum(losses) / len(losses), 4), train_losses=losses,
+                            accuracy=round(score(TASK, predictions, golds)["accuracy"], 3),
+                            same_predictions_as_reference=sum(predictions[q] == reference[q] for q in golds),
+                            queries=len(golds)))
         print(json.dumps(results[-1]), flush=True)
-    ref = next((r for r in results if r["mode"] == "reference"), results[0])
-    print(f"\n{len(users)} users x {args.history} items x {args.epochs} epoch(s), {tokens} trained tokens per mode, "
-          f"P = {params / 1e6:.1f}M")
+    ref = results[0]
+    print(f"\n{len(users)} users x {args.history} items x {args.epochs:g} epochs; per mode {work['tokens']:.0f} "
+          f"trained tokens ({work['supervised']:.0f} supervised), {work['total'] / 1e12:.2f} TFLOP of work")
     print("matmul peak GFLOP/s: " + "; ".join(f"{d}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items())
                                                for d, p in peaks.items()))
-    print("| mode | dtype | s | users/h | tokens/s | x reference | GFLOP/s (6PT) | of peak | mean loss | acc |")
+    print("| mode | dtype | s | users/h | x reference | GFLOP/s | of peak | mean loss | acc | same predictions |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['dtype']} | {r['seconds']} | {r['users_per_hour']} | {r['tokens_per_s']} | "
+        print(f"| {r['mode']} | {r['dtype']} | {r['seconds']} | {r['users_per_hour']} | "
               f"{r['users_per_hour'] / ref['users_per_hour']:.2f} | {r['gflops']} | {r['peak_fraction']:.0%} | "
-              f"{r['mean_train_loss']} | {r['accuracy']} |")
-    save_report(args.out, users=users, tokens=tokens, params=params, peaks=peaks, results=results)
+              f"{r['mean_train_loss']} | {r['accuracy']} | {r['same_predictions_as_reference']}/{r['queries']} |")
+    save_report(args.out, users=users, shape={k: v for k, v in shape.items() if k != "shapes"}, work=work,
+                peaks=peaks, results=results)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ The chosen setting is the cheapest one whose first metric (accuracy, MAE, ROUGE-
 (1/n) of the best (:func:`choose`).
 
     .venv/bin/python bench/tune_users.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/tune
+
+Flags: the sweep's (:class:`SweepConfig`) and the pipeline's (:class:`oppu_hub.evaluation.PipelineConfig`: ``--users``,
+``--base.max_examples``, ``--user.max_history``...); the swept settings replace the ``--user.*`` ones.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
-
+from oppu_hub.cli import ConfigParser
 from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
 from oppu_hub.tasks import get_task
 
@@ -48,8 +50,9 @@ class SweepConfig:
 
 
 def setting_config(base: PipelineConfig, lr: float, epochs: float, target: str, rank: int) -> PipelineConfig:
-    return dataclasses.replace(base, user_lr=lr, user_epochs=epochs, target_modules=TARGETS[target], lora_r=rank,
-                               lora_alpha=rank)
+    user = dataclasses.replace(base.user, learning_rate=lr, num_train_epochs=epochs, target_modules=TARGETS[target],
+                               lora_r=rank, lora_alpha=rank)
+    return dataclasses.replace(base, user=user)
 
 
 def cost(row: dict[str, Any]) -> tuple[float, bool, int]:
@@ -125,7 +128,7 @@ def format_sweep(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    config, sweep = HfArgumentParser([PipelineConfig, SweepConfig]).parse_args_into_dataclasses()
+    config, sweep = ConfigParser([PipelineConfig, SweepConfig]).parse_args_into_dataclasses()
     if config.split == "test":
         config.split = "dev"  # never tune on test users
     Path(sweep.out).mkdir(parents=True, exist_ok=True)

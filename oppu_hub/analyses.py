@@ -350,12 +350,12 @@ def count_parameters(safetensors_file: str | Path) -> int:
 def peft_type(config: PeftTypeConfig) -> dict[str, Any]:
     header = ["task", "PEFT", "trainable params", "share of base %", "metric", "score"]
     rows, plots = [], []
-    lrs = {"LORA": config.user_lr, "IA3": config.ia3_lr, "PROMPT_TUNING": config.prompt_tuning_lr}
+    lrs = {"LORA": config.user.learning_rate, "IA3": config.ia3_lr, "PROMPT_TUNING": config.prompt_tuning_lr}
     for name in config.tasks:
         task = get_task(name)
         values = []
         for kind in config.peft_types:
-            cfg = dataclasses.replace(config, user_lr=lrs[kind.upper()])
+            cfg = dataclasses.replace(config, user=dataclasses.replace(config.user, learning_rate=lrs[kind.upper()]))
             pipeline = Pipeline(cfg, task)
             result = pipeline.run(["oppu-k0"], config.output() / "predictions" / "peft-type", peft_type=kind.upper(),
                                   name_suffix=f"-{kind.lower()}")[0]
@@ -403,7 +403,7 @@ def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
             if user not in timings:
                 continue  # trained before timings were recorded
             history = split.user_history(user)
-            history = history[-config.max_history:] if config.max_history else history
+            history = history[-config.user.max_history:] if config.user.max_history else history
             tokens = [len(tokenizer(task.item_text(i), add_special_tokens=False).input_ids) for i in history]
             rows.append([task.name, user, len(history), sum(tokens) / max(len(tokens), 1), float(timings[user])])
     fig, axes = _figure(2, 5.0, 4.0)

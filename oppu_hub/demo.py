@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EvalConfig, format_markdown, run_eval
+from trainers import BaseTaskConfig, UserAdapterConfig
+
+from .evaluation import EvalConfig, base_field, format_markdown, run_eval, user_field
 
 
 @dataclass
 class DemoConfig(EvalConfig):
-    """:class:`~oppu_hub.evaluation.EvalConfig` with demo-sized defaults (minutes on 2 CPU cores), plus where the
-    public sources are and how many queries each user gets.
+    """:class:`~oppu_hub.evaluation.EvalConfig` with demo-sized defaults (minutes on 2 CPU cores: 256-token
+    prompts, 8 history items per adapter), plus where the public sources are and how many queries each user gets.
 
     Args:
         source_dir: the public source data (``../shared/data``); the data is built into ``{workdir}/data``.
@@ -33,9 +35,8 @@ class DemoConfig(EvalConfig):
     workdir: str = field(default="runs/demo", metadata={"help": "data, bases, adapters, predictions"})
     data_dir: str = field(default="", metadata={"help": "LaMP-format data (default: built into {workdir}/data)"})
     users: int | None = field(default=10, metadata={"help": "test users per task"})
-    base_examples: int | None = field(default=64, metadata={"help": "task-adaptation examples"})
-    max_history: int | None = field(default=8, metadata={"help": "most recent history items per adapter"})
-    max_prompt_length: int = field(default=256, metadata={"help": "token budget of one prompt"})
+    base: BaseTaskConfig = base_field(max_prompt_length=256)
+    user: UserAdapterConfig = user_field(max_history=8, max_prompt_length=256)
     resamples: int = field(default=1000, metadata={"help": "bootstrap resamples"})
 
 

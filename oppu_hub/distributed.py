@@ -24,12 +24,10 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -142,11 +140,8 @@ class PredictWorker:
         try:
             if self.init_error:
                 raise RuntimeError(f"worker could not start: {self.init_error}")
-            with tempfile.TemporaryDirectory() as tmp:
-                config = dataclasses.replace(self.config, users=list(users), max_users=None,
-                                             output=str(Path(tmp) / "predictions.json"))
-                predictions, _, _ = predict(config, self.generator)
-            result: dict[str, Any] = {"outcome": "done", "predictions": predictions}
+            config = dataclasses.replace(self.config, users=list(users), max_users=None)
+            result: dict[str, Any] = {"outcome": "done", "predictions": predict(config, self.generator)}
         except Exception as e:
             result = {"outcome": "failed", "error": f"{type(e).__name__}: {e}"}
         result["seconds"] = round(time.perf_counter() - start, 2)
@@ -314,15 +309,13 @@ def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRu
     return train_users(config, executor=RayExecutor(options))
 
 
-def predict_on_ray(config: PredictConfig, options: RayOptions) -> tuple[dict[str, str], Path,
-                                                                          dict[str, float] | None]:
-    """:func:`oppu_hub.inference.predict` on a Ray cluster: groups of users per actor, one file and scores."""
+def predict_on_ray(config: PredictConfig, options: RayOptions) -> dict[str, str]:
+    """:func:`oppu_hub.inference.predict` on a Ray cluster, groups of users per actor: the same
+    ``{question id: answer}``."""
     from .data import load_task_split
-    from .inference import adapter_folders, save_predictions
-    from .tasks import get_task
+    from .inference import adapter_folders
 
-    task = get_task(config.task)
-    split = load_task_split(config.data_dir, task, config.split)
+    split = load_task_split(config.data_dir, config.task, config.split)
     users = split.select_users(config.users, config.max_users)
     if config.adapters_dir:
         adapter_folders(config, users)  # fail before starting any worker
@@ -333,7 +326,7 @@ def predict_on_ray(config: PredictConfig, options: RayOptions) -> tuple[dict[str
         size = max(1, min(config.max_adapters, math.ceil(len(users) / workers)))
         groups = {n: users[start:start + size] for n, start in enumerate(range(0, len(users), size))}
         threads = max(1, int(options.cpus_per_worker))
-        with tqdm(total=len(users), unit="user", desc=f"predict --ray {task.name}") as bar:
+        with tqdm(total=len(users), unit="user", desc=f"predict --ray {config.task}") as bar:
             for n, result in pool_map(ray, PredictWorker, (config, threads), groups, options, workers, gpus):
                 if result["outcome"] == "failed":
                     failed[n] = result["error"]
@@ -344,5 +337,4 @@ def predict_on_ray(config: PredictConfig, options: RayOptions) -> tuple[dict[str
         n, error = next(iter(failed.items()))
         raise RuntimeError(f"prediction failed for {sum(len(groups[g]) for g in failed)} users "
                            f"(e.g. {groups[n][:3]}): {error}")
-    predictions = {q: p for n in sorted(results) for q, p in results[n].items()}
-    return (predictions, *save_predictions(config, split, predictions))
+    return {q: p for n in sorted(results) for q, p in results[n].items()}

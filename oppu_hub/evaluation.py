@@ -40,16 +40,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
+from trainers import BaseTaskConfig, UserAdapterConfig, train_base, train_users
+from trainers.base import BASE_RECORD
+
+from .adapters import is_complete
 from .baselines import BASELINES, POOLED_USER, applies, pooled_split, predict_baseline
 from .data import LampSplit, load_task_split, read_predictions, write_predictions, write_split
 from .io import read_json, safe_name, write_json
 from .metrics import score
-from .models import DEFAULT_BASE
 from .stats import LEVEL, Interval, PairedBootstrap
 from .tasks import TASKS, Task, get_task
-from .tuned import user_defaults
+from .tuned import TUNED_FIELDS, user_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,32 @@ def parse_method(name: str | Method) -> Method:
     return method
 
 
+# The training configs' fields the Pipeline fills in per task and method (they have no flags of their own).
+BASE_FILLED = ("task", "data_dir", "k", "profile", "profiles_dir", "output_dir", "overwrite")
+USER_FILLED = ("task", "data_dir", "k", "profile", "profiles_dir", "output_dir", "base_dir", "split", "users",
+               "max_users", "history_format", "update", "push_to_hub", "hub_store")
+# The user-adapter settings a pipeline leaves unset (None) by default: the task's dev-tuned values, alpha the rank.
+TUNED_SETTINGS = (*TUNED_FIELDS, "lora_alpha")
+
+
+def base_field(**settings: Any) -> Any:
+    """A pipeline config's ``base`` field: a :class:`~trainers.base.BaseTaskConfig` with the pipeline's defaults
+    (64 examples, 1 epoch, batch 4) and ``settings``."""
+    defaults = {"max_examples": 64, "num_train_epochs": 1.0, "per_device_train_batch_size": 4, **settings}
+    return field(default_factory=lambda: BaseTaskConfig(**defaults), metadata={
+        "help": "task adaptation of the base (trainers.base.BaseTaskConfig)", "no_flags": BASE_FILLED})
+
+
+def user_field(**settings: Any) -> Any:
+    """A pipeline config's ``user`` field: a :class:`~trainers.user.UserAdapterConfig` with 16 history items, the
+    :data:`TUNED_SETTINGS` unset, and ``settings``."""
+    defaults = {**dict.fromkeys(TUNED_SETTINGS), "max_history": 16, **settings}
+    return field(default_factory=lambda: UserAdapterConfig(**defaults), metadata={
+        "help": "the per-user adapters (trainers.user.UserAdapterConfig)", "no_flags": USER_FILLED,
+        "unset": {**dict.fromkeys(TUNED_FIELDS, "the task's dev-tuned value, oppu_hub/tuned.py"),
+                  "lora_alpha": "the LoRA rank"}})
+
+
 @dataclass
 class PipelineConfig:
     """How bases and adapters are trained and methods predicted (shared by ``eval`` and ``analyze``).
@@ -150,44 +179,35 @@ class PipelineConfig:
         split: the split whose users are evaluated (``test``; ``dev`` for official LaMP, whose test golds are
             hidden).
         workdir: where bases, adapters, profiles, data views and predictions go (reused across runs).
-        base_model: the pretrained base (and the LM that writes profiles).
         users: evaluated users per task (the first N of the split; 0 or none: all).
         train_users: training users used for task adaptation (the first N; none: all).
-        base_examples / base_epochs / base_lr: task adaptation size and schedule.
-        max_history / user_epochs / user_lr / target_modules / lora_r / lora_alpha: per-user adapter training;
-            ``None`` takes the task's dev-tuned default (:mod:`oppu_hub.tuned`).
-        peft_type: LORA, IA3 or PROMPT_TUNING for the user adapters.
-        concurrent: LoRA users trained together over the shared base (equal to training each alone up to float
-            summation order and the data shuffle; ``1`` is the sequential ``SFTTrainer`` path).
+        base: task adaptation, every setting but the :data:`BASE_FILLED` ones the pipeline sets per task and
+            method; its ``base_model`` also writes the profiles.
+        user: the per-user adapters, every setting but :data:`USER_FILLED`; ``learning_rate``,
+            ``num_train_epochs``, ``target_modules`` and ``lora_r`` left ``None`` take the task's dev-tuned value
+            (:mod:`oppu_hub.tuned`), ``lora_alpha`` left ``None`` the rank. ``concurrent`` (how many LoRA users
+            train together) is not part of an adapter's identity.
+        predict_batch_size: prompts per ``generate`` call.
         profile_items / profile_tokens: history items shown to the profile writer and profile length.
+
+    On the command line ``base`` and ``user`` are the flags ``--base.NAME`` and ``--user.NAME``
+    (:class:`oppu_hub.cli.ConfigParser`); ``--NAME`` for a name in :attr:`shared_flags` sets both (a stage's own
+    flag wins). Prompts are predicted with the token budget of the stage their model comes from.
     """
+
+    shared_flags: ClassVar[tuple[str, ...]] = ("max_prompt_length", "precision", "seed",
+                                               "per_device_train_batch_size")
 
     data_dir: str = field(default="data", metadata={"help": "LaMP-format data folder"})
     split: str = field(default="test", metadata={"help": "evaluated split: test | dev"})
     workdir: str = field(default="runs/eval", metadata={"help": "bases, adapters, profiles, predictions"})
-    base_model: str = field(default=DEFAULT_BASE, metadata={"help": "pretrained base (also writes profiles)"})
     users: int | None = field(default=3, metadata={"help": "evaluated users per task (first N; 0 = all)"})
     train_users: int | None = field(default=None, metadata={"help": "training users for task adaptation"})
-    base_examples: int | None = field(default=64, metadata={"help": "task-adaptation examples (cap)"})
-    base_epochs: float = field(default=1.0, metadata={"help": "task-adaptation epochs"})
-    base_lr: float = field(default=5e-4, metadata={"help": "task-adaptation learning rate"})
-    max_history: int | None = field(default=16, metadata={"help": "most recent history items per adapter"})
-    user_epochs: float | None = field(default=None, metadata={"help": "user-adapter epochs (default: tuned)"})
-    user_lr: float | None = field(default=None, metadata={"help": "user-adapter learning rate (default: tuned)"})
-    peft_type: str = field(default="LORA", metadata={"help": "LORA | IA3 | PROMPT_TUNING"})
-    target_modules: list[str] | None = field(default=None, metadata={
-        "help": "modules the user adapters adapt, or all-linear (default: tuned)"})
-    lora_r: int | None = field(default=None, metadata={"help": "user-adapter LoRA rank (default: tuned)"})
-    lora_alpha: int | None = field(default=None, metadata={"help": "user-adapter LoRA alpha (default: = rank)"})
-    concurrent: int = field(default=8, metadata={
-        "help": "LoRA users trained together in one batch (trainers/concurrent.py); 1 trains them one by one"})
-    batch_size: int = field(default=4, metadata={"help": "training batch size"})
+    base: BaseTaskConfig = base_field()
+    user: UserAdapterConfig = user_field()
     predict_batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
     profile_items: int = field(default=8, metadata={"help": "history items shown to the profile writer"})
     profile_tokens: int = field(default=80, metadata={"help": "profile length in tokens"})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
-    seed: int = field(default=42, metadata={"help": "training seed"})
 
 
 @dataclass
@@ -225,6 +245,7 @@ def file_hash(*paths: Path) -> str:
 
 
 HistoryFilter = Callable[[LampSplit], LampSplit]
+StageConfig = TypeVar("StageConfig", BaseTaskConfig, UserAdapterConfig)
 
 
 class Pipeline:
@@ -248,7 +269,7 @@ class Pipeline:
         self.on_train = on_train
         self._view: Path | None = None
         self._eval_split: LampSplit | None = None
-        self._bases: dict[tuple[int, bool], Path] = {}
+        self._bases: dict[tuple[int, bool], tuple[BaseTaskConfig, dict[str, Any]]] = {}
 
     # --- data ------------------------------------------------------------------------------------------
     def source_files(self, split: str) -> tuple[Path, Path]:
@@ -291,7 +312,7 @@ class Pipeline:
     # --- profiles --------------------------------------------------------------------------------------
     def profiles_dir(self) -> Path:
         c = self.config
-        return self.work / "profiles" / config_hash({"model": c.base_model, "items": c.profile_items,
+        return self.work / "profiles" / config_hash({"model": c.base.base_model, "items": c.profile_items,
                                                      "tokens": c.profile_tokens})
 
     def ensure_profiles(self) -> None:
@@ -303,8 +324,9 @@ class Pipeline:
         evaluated = self.eval_split()
         users = [(u, train.user_history(u)) for u in train.user_ids]
         users += [(u, evaluated.user_history(u)) for u in self.users()]
-        generate_profiles(ProfileConfig(task=self.task.name, model=c.base_model, profiles_dir=str(self.profiles_dir()),
-                                        num_items=c.profile_items, max_new_tokens=c.profile_tokens), users)
+        generate_profiles(ProfileConfig(task=self.task.name, model=c.base.base_model,
+                                        profiles_dir=str(self.profiles_dir()), num_items=c.profile_items,
+                                        max_new_tokens=c.profile_tokens), users)
 
     def _profiles_hash(self, users: Sequence[str]) -> str:
         from .profiles import ProfileStore
@@ -313,95 +335,113 @@ class Pipeline:
         return config_hash([store.get(u) for u in users])
 
     # --- training --------------------------------------------------------------------------------------
-    def _training(self) -> dict[str, Any]:
-        c = self.config
-        return dict(task=self.task.name, data_dir=str(self.data_view()), max_prompt_length=c.max_prompt_length,
-                    precision=c.precision, seed=c.seed, per_device_train_batch_size=c.batch_size,
-                    profiles_dir=str(self.profiles_dir()))
+    def _fill(self, template: StageConfig, k: int, profile: bool, **fields: Any) -> StageConfig:
+        """A stage's config: ``template`` with what this task and method set (task, data, k, profile...)."""
+        return dataclasses.replace(template, **{"task": self.task.name, "data_dir": str(self.data_view()), "k": k,
+                                                "profile": profile, "profiles_dir": str(self.profiles_dir()),
+                                                **fields})
 
-    def user_training(self) -> dict[str, Any]:
-        """The user-adapter settings: the config's where given, else the task's dev-tuned defaults."""
-        c, tuned = self.config, user_defaults(self.task.name)
-        r = c.lora_r or tuned.lora_r
-        return dict(learning_rate=c.user_lr or tuned.learning_rate,
-                    num_train_epochs=c.user_epochs or tuned.num_train_epochs,
-                    target_modules=list(c.target_modules or tuned.target_modules), lora_r=r,
-                    lora_alpha=c.lora_alpha or r)
+    def tuned_settings(self) -> dict[str, Any]:
+        """The user-adapter settings the config leaves unset (``None``): the task's dev-tuned values
+        (:func:`oppu_hub.tuned.user_defaults`), alpha the rank."""
+        user, tuned = self.config.user, user_defaults(self.task.name)
+        settings = {name: getattr(tuned, name) for name in TUNED_FIELDS if getattr(user, name) is None}
+        if "target_modules" in settings:
+            settings["target_modules"] = list(settings["target_modules"])
+        if user.lora_alpha is None:
+            settings["lora_alpha"] = settings.get("lora_r", user.lora_r)
+        return settings
+
+    def base_config(self, k: int, profile: bool = False) -> tuple[BaseTaskConfig, dict[str, Any]]:
+        """The training config of the task-adapted base for prompts with ``k`` items (and profile), and the dict
+        whose hash names its folder (``output_dir``: ``{workdir}/base/{hash}``): the config, the training data and
+        (PAG) the training users' profiles. Nothing is trained."""
+        if (k, profile) not in self._bases:
+            cfg = self._fill(self.config.base, k, profile)
+            view = self.data_view() / self.task.name
+            profiles = None
+            if profile:
+                profiles = self._profiles_hash(load_task_split(self.data_view(), self.task, "train").user_ids)
+            hashed = {**_hashable(cfg), "train_data": file_hash(view / "train_questions.json",
+                                                                view / "train_outputs.json"), "profiles": profiles}
+            root = self.work / "base" / config_hash(hashed)
+            self._bases[(k, profile)] = (dataclasses.replace(cfg, output_dir=str(root)), hashed)
+        return self._bases[(k, profile)]
 
     def base_dir(self, k: int, profile: bool = False) -> Path:
-        """The task-adapted base for prompts with ``k`` items (and profile): reused when its hash exists."""
-        if (k, profile) in self._bases:
-            return self._bases[(k, profile)]
-        from trainers import BaseTaskConfig, train_base
-
-        c = self.config
-        cfg = BaseTaskConfig(**self._training(), k=k, profile=profile, base_model=c.base_model,
-                             max_examples=c.base_examples, num_train_epochs=c.base_epochs, learning_rate=c.base_lr)
-        view = self.data_view() / self.task.name
-        train_users = load_task_split(self.data_view(), self.task, "train").user_ids
-        hashed = {**_hashable(cfg), "train_data": file_hash(view / "train_questions.json", view / "train_outputs.json"),
-                  "profiles": self._profiles_hash(train_users) if profile else None}
-        root = self.work / "base" / config_hash(hashed)
-        cfg.output_dir = str(root)
+        """The task-adapted base of :meth:`base_config`, trained unless it exists."""
+        cfg, hashed = self.base_config(k, profile)
         target = cfg.target_dir()
-        if not (target / "oppu_base.json").exists():
+        if not (target / BASE_RECORD).exists():
             logger.info("training base %s", target)
-            write_json(root / "eval_config.json", hashed)
+            write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
             train_base(cfg)
             if self.on_train:
                 self.on_train("base", target)
-        self._bases[(k, profile)] = target
         return target
+
+    def adapters_config(self, k: int, profile: bool = False, peft_type: str | None = None,
+                        history_format: str = "full") -> tuple[UserAdapterConfig, dict[str, Any]]:
+        """:meth:`_user_config` of the evaluated users' adapters trained with ``k`` (and profile). Nothing is
+        trained."""
+        c = self.config
+        return self._user_config(k, profile, peft_type, history_format, self.data_view(), self.users(),
+                                 c.user.max_history, {"eval_data": file_hash(*self.source_files(c.split))})
 
     def adapters_dir(self, k: int, profile: bool = False, peft_type: str | None = None,
                      history_format: str = "full") -> Path:
-        """The evaluated users' adapters trained with ``k`` (and profile) on the matching base; users whose
-        adapter exists are skipped, so only missing ones are trained."""
-        c = self.config
-        return self._train_adapters(k, profile, peft_type, history_format, self.data_view(), self.users(),
-                                    c.max_history, {"eval_data": file_hash(*self.source_files(c.split))})
+        """The evaluated users' adapters of :meth:`adapters_config`, on the matching base; users whose adapter
+        exists are skipped, so only missing ones are trained."""
+        return self._train_adapters(*self.adapters_config(k, profile, peft_type, history_format))
 
     def pooled_view(self) -> Path:
         """A data folder whose evaluated split has one user holding all evaluated users' histories (each cut to
         ``max_history``; :func:`oppu_hub.baselines.pooled_split`), written once under a name derived from its
         inputs."""
         c = self.config
-        key = config_hash({"view": self.data_view().name, "users": self.users(), "max_history": c.max_history})
+        key = config_hash({"view": self.data_view().name, "users": self.users(), "max_history": c.user.max_history})
         view = self.work / "views" / self.task.name / f"pooled-{key}"
         if not (view / self.task.name / f"{c.split}_outputs.json").exists():
-            write_split(pooled_split(self.eval_split(), self.users(), c.max_history), view / self.task.name, c.split)
+            write_split(pooled_split(self.eval_split(), self.users(), c.user.max_history), view / self.task.name,
+                        c.split)
         return view
 
-    def pooled_adapter(self, k: int, peft_type: str | None = None, history_format: str = "full") -> Path:
-        """The ``pooled-k{k}`` control: one adapter trained on all evaluated users' histories together
-        (:meth:`pooled_view`), on the same base and with the same settings as ``oppu-k{k}``'s adapters."""
+    def pooled_config(self, k: int, peft_type: str | None = None, history_format: str = "full"
+                      ) -> tuple[UserAdapterConfig, dict[str, Any]]:
+        """:meth:`_user_config` of the ``pooled-k{k}`` adapter (the user ``pooled`` of :meth:`pooled_view`, with
+        the settings of ``oppu-k{k}``'s adapters). Nothing is trained."""
         view = self.pooled_view()
         pooled_data = file_hash(view / self.task.name / f"{self.config.split}_questions.json")
-        out = self._train_adapters(k, False, peft_type, history_format, view, [POOLED_USER], None,
-                                   {"pooled_data": pooled_data})
-        return out / safe_name(POOLED_USER)
+        return self._user_config(k, False, peft_type, history_format, view, [POOLED_USER], None,
+                                 {"pooled_data": pooled_data})
 
-    def _train_adapters(self, k: int, profile: bool, peft_type: str | None, history_format: str, data_dir: Path,
-                        users: list[str], max_history: int | None, data: dict[str, str]) -> Path:
-        """Train the missing adapters of ``users`` of ``data_dir``'s evaluated split into a folder named by the
-        hash of the adapter config, its base and ``data`` (what identifies the training data)."""
-        from trainers import UserAdapterConfig, train_users
+    def pooled_adapter(self, k: int, peft_type: str | None = None, history_format: str = "full") -> Path:
+        """The ``pooled-k{k}`` control of :meth:`pooled_config`: one adapter trained on all evaluated users'
+        histories together, on the same base as ``oppu-k{k}``'s adapters."""
+        return self._train_adapters(*self.pooled_config(k, peft_type, history_format)) / safe_name(POOLED_USER)
 
-        from .adapters import is_complete
-
+    def _user_config(self, k: int, profile: bool, peft_type: str | None, history_format: str, data_dir: Path,
+                     users: list[str], max_history: int | None, data: dict[str, str]
+                     ) -> tuple[UserAdapterConfig, dict[str, Any]]:
+        """The config of the adapters of ``users`` of ``data_dir``'s evaluated split on the base of
+        :meth:`base_config`, and the dict whose hash names their folder (``output_dir``: ``{workdir}/users/{hash}``):
+        the config without its execution details, the base's hash, the history filter and ``data`` (what identifies
+        the training data)."""
         c = self.config
-        base = self.base_dir(k, profile)
-        cfg = UserAdapterConfig(**{**self._training(), "data_dir": str(data_dir)}, k=k, profile=profile,
-                                base_dir=str(base), split=c.split, users=users, max_history=max_history,
-                                **self.user_training(), peft_type=peft_type or c.peft_type,
-                                history_format=history_format, concurrent=c.concurrent)
+        base = self.base_config(k, profile)[0].target_dir()
+        cfg = self._fill(c.user, k, profile, data_dir=str(data_dir), base_dir=str(base), split=c.split, users=users,
+                         max_history=max_history, peft_type=peft_type or c.user.peft_type,
+                         history_format=history_format, **self.tuned_settings())
         hashed = {**_hashable(cfg), "base": base.parent.parent.name, "history": self.history_tag, **data}
-        root = self.work / "users" / config_hash(hashed)
-        cfg.output_dir = str(root)
+        return dataclasses.replace(cfg, output_dir=str(self.work / "users" / config_hash(hashed))), hashed
+
+    def _train_adapters(self, cfg: UserAdapterConfig, hashed: dict[str, Any]) -> Path:
+        """Train the missing adapters of ``cfg`` (its base first, when missing) and return their folder."""
+        self.base_dir(cfg.k, cfg.profile)
         out = cfg.adapters_dir()
         if all(is_complete(out / safe_name(u)) for u in cfg.users):
             return out
-        write_json(root / "eval_config.json", hashed)
+        write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
         report = train_users(cfg)
         if report.failed:
             raise RuntimeError(f"{self.task.name}: adapters failed for {report.failed}")
@@ -418,8 +458,8 @@ class Pipeline:
             history_format: str = "full", name_suffix: str = "") -> list[dict[str, Any]]:
         """Train what is missing, predict every method on the evaluated users, write LaMP-format predictions
         (``{out_dir}/{task}/{method}.json``), ``golds.json`` and ``users.json`` (``{question id: user id}``, for
-        the bootstrap); returns one row per method with the scores recomputed from the written file. A baseline
-        the task does not define (:func:`oppu_hub.baselines.applies`) gets no row."""
+        the bootstrap); returns one row per method with its scores (those of the written file). A baseline the
+        task does not define (:func:`oppu_hub.baselines.applies`) gets no row."""
         from .inference import Generator, PredictConfig, predict
         from .models import BaseModelConfig, load_base
         from .store import load_user_adapter
@@ -442,10 +482,11 @@ class Pipeline:
         write_predictions(self.task, golds, folder / "golds.json")
         write_json(folder / "users.json", {q.id: u for u in users for q in split.user_questions(u)})
 
-        def row(m: Method, path: Path, start: float, base: Path | None = None, adapters: Path | None = None
-                ) -> dict[str, Any]:
+        def row(m: Method, predictions: dict[str, str], start: float, base: Path | None = None,
+                adapters: Path | None = None) -> dict[str, Any]:
+            path = write_predictions(self.task, predictions, folder / f"{m.name}{name_suffix}.json")
             return {"task": self.task.name, "method": m.name + name_suffix,
-                    "scores": score(self.task, read_predictions(path), golds), "predictions": str(path),
+                    "scores": score(self.task, predictions, golds), "predictions": str(path),
                     "golds": str(folder / "golds.json"), "query_users": str(folder / "users.json"),
                     "base": str(base) if base else None, "adapters": str(adapters) if adapters else None,
                     "predict_seconds": round(time.perf_counter() - start, 2)}
@@ -456,9 +497,7 @@ class Pipeline:
             train = load_task_split(self.data_view(), self.task, "train")
             for m in baselines:
                 start = time.perf_counter()
-                path = write_predictions(self.task, predict_baseline(m.family, split, users, train),
-                                         folder / f"{m.name}{name_suffix}.json")
-                rows.append(row(m, path, start))
+                rows.append(row(m, predict_baseline(m.family, split, users, train), start))
         generators: dict[tuple[Path, Path | None], Any] = {}
         for m, base, adapters in sorted(plan, key=lambda p: (str(p[1]), str(p[2]))):
             key = (base, adapters)
@@ -467,23 +506,24 @@ class Pipeline:
                 model, tokenizer = load_base(BaseModelConfig(str(base)))
                 # The pooled adapter is part of the model that every user's queries share.
                 generators[key] = Generator(load_user_adapter(model, None, adapters) if m.pooled else model, tokenizer)
-            path = folder / f"{m.name}{name_suffix}.json"
+            stage = self.config.user if adapters else self.config.base  # whose prompts the model was trained on
             start = time.perf_counter()
-            predict(PredictConfig(task=self.task.name, data_dir=str(self.data_view()), split=self.config.split,
-                                  base_dir=str(base), adapters_dir=str(adapters) if m.oppu else None, k=m.k,
-                                  profile=m.profile, profiles_dir=str(self.profiles_dir()),
-                                  random_history=m.random_history, history_format=history_format,
-                                  users=users, output=str(path),
-                                  batch_size=self.config.predict_batch_size,
-                                  max_prompt_length=self.config.max_prompt_length), generators[key])
-            rows.append(row(m, path, start, base, adapters))
+            predictions = predict(PredictConfig(
+                task=self.task.name, data_dir=str(self.data_view()), split=self.config.split, base_dir=str(base),
+                adapters_dir=str(adapters) if m.oppu else None, k=m.k, profile=m.profile,
+                profiles_dir=str(self.profiles_dir()), random_history=m.random_history, history_format=history_format,
+                users=users, batch_size=self.config.predict_batch_size, max_prompt_length=stage.max_prompt_length),
+                generators[key])
+            rows.append(row(m, predictions, start, base, adapters))
         generators.clear()
         order = {m.name + name_suffix: i for i, m in enumerate(methods)}
         return sorted(rows, key=lambda r: order[r["method"]])
 
 
+# Fields that do not identify a trained artifact: where things are, which users, and how the training is executed
+# (``concurrent``: users trained together give the same adapters as users trained alone, up to float summation order).
 _UNHASHED = {"output_dir", "overwrite", "logging_steps", "data_dir", "profiles_dir", "users", "max_users",
-             "push_to_hub", "hub_store", "update", "base_dir"}
+             "push_to_hub", "hub_store", "update", "base_dir", "concurrent"}
 
 
 def _hashable(cfg: Any) -> dict[str, Any]:
@@ -625,40 +665,51 @@ def machine() -> str:
 _TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed"}
 
 
-def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path) -> list[dict[str, Any]]:
-    """One task's result rows: reused from ``{out}/rows/{task}.json`` when that was written by a finished run with
-    the same settings, methods and data (so a long leaderboard resumes task by task and a final all-task call only
-    rebuilds the table), else run and recorded."""
+def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
+              ) -> tuple[list[dict[str, Any]], float]:
+    """One task's result rows and the seconds computing them took: reused from ``{out}/rows/{task}.json`` when
+    that was written by a finished run with the same settings, methods and data (so a long leaderboard resumes task
+    by task and a final all-task call only rebuilds the table), else run and recorded."""
     pipeline = Pipeline(config, task)
-    key = config_hash({"config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY},
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
+    settings.update(base=_hashable(config.base), user=_hashable(config.user))
+    key = config_hash({"config": settings,
                        "methods": [m.name for m in methods], "task": task.name,
                        "data": [file_hash(*pipeline.source_files(s)) for s in ("train", config.split)]})
     path = out / "rows" / f"{task.name}.json"
     if path.exists():
         done = read_json(path)
         if done.get("key") == key and all(Path(r["predictions"]).exists() for r in done["rows"]):
-            return done["rows"]
+            return done["rows"], done.get("seconds", 0.0)
+    start = time.perf_counter()
     rows = pipeline.run(methods, out / "predictions")
-    write_json(path, {"key": key, "rows": rows})
-    return rows
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(path, {"key": key, "rows": rows, "seconds": seconds})
+    return rows, seconds
 
 
 def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[dict[str, Any]]]:
-    """Run the configured methods on every task; returns ``(table, written paths, result rows)``."""
+    """Run the configured methods on every task; returns ``(table, written paths, result rows)``. The table is
+    rewritten after every finished task, so a long run that stops still leaves the table of what it finished;
+    its meta records each task's compute seconds (kept with the task's rows, so a resumed run still reports the
+    time the reused rows took) and their sum."""
     methods = [parse_method(m) for m in config.methods]
     tasks = [get_task(t) for t in config.tasks]
+    if not tasks:
+        raise ValueError("no task to evaluate: give --tasks")
     out = Path(config.out_dir or Path(config.workdir) / "results")
-    start = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
     for task in tasks:
-        task_start = time.perf_counter()
-        rows += task_rows(config, task, methods, out)
-        print(f"{task.name}: {len(methods)} methods in {time.perf_counter() - task_start:.0f} s", flush=True)
-    table = build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed)
-    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-            "wall_seconds": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(config),
-            "results": rows}
-    return table, write_table(table, out, meta=meta), rows
+        finished, seconds[task.name] = task_rows(config, task, methods, out)
+        rows += finished
+        print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
+        table = build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed)
+        meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                "task_seconds": seconds, "wall_seconds": round(sum(seconds.values()), 1),
+                "config": dataclasses.asdict(config), "results": rows}
+        paths = write_table(table, out, meta=meta)
+    return table, paths, rows
 
 
 def rescore(predictions: str | Path, golds: str | Path, task: str | Task) -> dict[str, float]:
@@ -666,5 +717,5 @@ def rescore(predictions: str | Path, golds: str | Path, task: str | Task) -> dic
     return score(task, read_predictions(predictions), read_predictions(golds))
 
 
-__all__ = ["EvalConfig", "Method", "Pipeline", "PipelineConfig", "build_table", "format_csv",
-           "format_markdown", "parse_method", "rescore", "run_eval", "write_table"]
+__all__ = ["EvalConfig", "Method", "Pipeline", "PipelineConfig", "base_field", "build_table", "format_csv",
+           "format_markdown", "parse_method", "rescore", "run_eval", "user_field", "write_table"]

@@ -1,5 +1,6 @@
-"""Inference: batched greedy generation on one shared base with users' adapters loaded on demand (LRU), and
-``predict`` which writes LaMP-format prediction files for a method (base, +retrieval, +profile, +adapter)."""
+"""Inference: batched greedy generation on one shared base with users' adapters loaded on demand (LRU),
+``predict`` which answers a split's queries for a method (base, +retrieval, +profile, +adapter), and
+``save_predictions`` which writes them as a LaMP-format file and scores them."""
 
 from __future__ import annotations
 
@@ -186,6 +187,9 @@ class PredictConfig:
     max_adapters: int = field(default=16, metadata={"help": "resident adapters at most (LRU)"})
     seed: int = field(default=0, metadata={"help": "seed of the random-history baseline"})
 
+    def __post_init__(self) -> None:
+        self.task = get_task(self.task).name  # canonical, and an unknown task fails here
+
 
 def build_prompts(config: PredictConfig, split: LampSplit, users: Sequence[str], tokenizer: Any
                   ) -> tuple[list[str], list[str], list[str]]:
@@ -206,12 +210,11 @@ def build_prompts(config: PredictConfig, split: LampSplit, users: Sequence[str],
     return ids, owners, prompts
 
 
-def predict(config: PredictConfig, generator: Generator | None = None) -> tuple[dict[str, str], Path,
-                                                                                 dict[str, float] | None]:
-    """Predict every query of the chosen users; writes a LaMP-format file and returns
-    ``(predictions, path, scores or None when the split has no golds)``."""
-    task = get_task(config.task)
-    split = load_task_split(config.data_dir, task, config.split)
+def predict(config: PredictConfig, generator: Generator | None = None) -> dict[str, str]:
+    """Predict every query of the chosen users: ``{question id: answer}`` (:func:`save_predictions` writes and
+    scores them)."""
+    split = load_task_split(config.data_dir, config.task, config.split)
+    task = split.task
     users = split.select_users(config.users, config.max_users)
     if generator is None:
         generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
@@ -221,8 +224,7 @@ def predict(config: PredictConfig, generator: Generator | None = None) -> tuple[
         texts = _generate_by_user_groups(generator, folders, owners, prompts, task, config)
     else:
         texts = generator.generate(prompts, None, task.max_new_tokens, config.batch_size)
-    predictions = {i: clean_answer(task, t) for i, t in zip(ids, texts, strict=True)}
-    return (predictions, *save_predictions(config, split, predictions))
+    return {i: clean_answer(task, t) for i, t in zip(ids, texts, strict=True)}
 
 
 def adapter_folders(config: PredictConfig, users: Sequence[str]) -> dict[str, Path]:
@@ -240,10 +242,10 @@ def adapter_folders(config: PredictConfig, users: Sequence[str]) -> dict[str, Pa
     return folders
 
 
-def save_predictions(config: PredictConfig, split: LampSplit, predictions: dict[str, str]
-                     ) -> tuple[Path, dict[str, float] | None]:
+def save_predictions(config: PredictConfig, predictions: dict[str, str]) -> tuple[Path, dict[str, float] | None]:
     """Write ``predictions`` as a LaMP file (``config.output`` or a name saying the method) and score them
-    against the split's golds when it has them."""
+    against the split's golds when it has them (``None`` otherwise)."""
+    split = load_task_split(config.data_dir, config.task, config.split)
     task = split.task
     path = Path(config.output) if config.output else Path(config.base_dir) / "predictions" / (
         f"{task.name}-{config.split}-k{config.k}{'-profile' if config.profile else ''}"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .tasks import get_task
 
@@ -29,6 +29,7 @@ TUNED: dict[str, UserAdapterDefaults] = {
                                    lora_r=16),
 }
 FALLBACK = TUNED["LaMP-2N"]
+TUNED_FIELDS = tuple(f.name for f in fields(UserAdapterDefaults))  # the settings swept per task
 
 
 def user_defaults(task: str) -> UserAdapterDefaults:

@@ -13,8 +13,8 @@ from oppu_hub.data import load_task_split
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 
-TINY = ["--base_examples", "4", "--max_history", "3", "--user_epochs", "1", "--batch_size", "4",
-        "--precision", "fp32", "--users", "3", "--max_prompt_length", "128"]
+TINY = ["--base.max_examples", "4", "--user.max_history", "3", "--user.num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--precision", "fp32", "--users", "3", "--max_prompt_length", "128"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def env(tmp_path_factory, tiny_base):
     """One shared workdir: the analyses reuse each other's bases and adapters, as on a real machine."""
     root = tmp_path_factory.mktemp("analyses")
     data = make_lamp2n(root / "data", {"train": 3, "test": 3}, history=5)
-    common = ["--data_dir", str(data), "--workdir", str(root / "work"), "--base_model", str(tiny_base),
+    common = ["--data_dir", str(data), "--workdir", str(root / "work"), "--base.base_model", str(tiny_base),
               "--out_dir", str(root / "out"), "--tasks", "LaMP-2N", *TINY]
     return root, common
 
@@ -51,14 +51,15 @@ def test_retrieved_items(env):
 
 
 def test_peft_similarity(env):
-    table = run(env, "peft-similarity", "--user_epochs", "3", "--user_lr", "0.01")  # 1 step/epoch: let B move
+    # 1 step/epoch: let B move
+    table = run(env, "peft-similarity", "--user.num_train_epochs", "3", "--user.learning_rate", "0.01")
     matrix = [r[2:] for r in table["rows"]]
     assert len(matrix) == 3 and all(abs(matrix[i][i] - 1) < 1e-5 for i in range(3))
     assert all(abs(matrix[i][j] - matrix[j][i]) < 1e-9 for i in range(3) for j in range(3))
 
 
 def test_peft_type(env):
-    table = run(env, "peft-type", "--peft_types", "LORA", "IA3", "PROMPT_TUNING", "--users", "2", "--lora_r", "8")
+    table = run(env, "peft-type", "--peft_types", "LORA", "IA3", "PROMPT_TUNING", "--users", "2", "--user.lora_r", "8")
     shares = {r[1]: r[3] for r in table["rows"]}
     assert set(shares) == {"LORA", "IA3", "PROMPT_TUNING"} and all(0 < s < 100 for s in shares.values())
     # LoRA r=8 on q,v of a 2-layer hidden-32 model: 2 layers x (q: 8*(32+32) + v: 8*(32+16)) parameters.

@@ -14,9 +14,10 @@ def test_demo_table_and_space_links(tiny_base, tmp_path, capsys):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the public source data is not at {SHARED_DATA}")
     work = tmp_path / "demo"
-    assert main(["demo", "--source_dir", str(SHARED_DATA), "--workdir", str(work), "--base_model", str(tiny_base),
-                 "--tasks", "LaMP-2N", "--users", "3", "--base_examples", "4", "--max_history", "3",
-                 "--user_epochs", "1", "--precision", "fp32", "--max_prompt_length", "128", "--resamples", "50"]) == 0
+    assert main(["demo", "--source_dir", str(SHARED_DATA), "--workdir", str(work), "--base.base_model",
+                 str(tiny_base), "--tasks", "LaMP-2N", "--users", "3", "--base.max_examples", "4",
+                 "--user.max_history", "3", "--user.num_train_epochs", "1", "--precision", "fp32",
+                 "--max_prompt_length", "128", "--resamples", "50"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((work / "results" / "leaderboard.json").read_text())
     assert [c["method"] for c in result["columns"]] == ["majority", "user-majority", "bm25-copy", "np-k0", "rag-k1",

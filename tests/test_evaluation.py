@@ -2,6 +2,7 @@
 prediction files, reuse of trained models."""
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -26,8 +27,9 @@ from oppu_hub.io import write_json
 from oppu_hub.metrics import score
 from oppu_hub.tasks import get_task
 
-TINY = ["--base_examples", "4", "--max_history", "3", "--user_epochs", "1", "--batch_size", "4",
-        "--precision", "fp32", "--profile_tokens", "6", "--users", "2", "--max_prompt_length", "128"]
+TINY = ["--base.max_examples", "4", "--user.max_history", "3", "--user.num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--precision", "fp32", "--profile_tokens", "6", "--users", "2",
+        "--max_prompt_length", "128"]
 
 
 def test_method_names():
@@ -146,7 +148,7 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     from trainers.base import BaseTaskTrainer
 
     work = tmp_path / "work"
-    args = ["eval", "--data_dir", str(data), "--workdir", str(work), "--base_model", str(tiny_base),
+    args = ["eval", "--data_dir", str(data), "--workdir", str(work), "--base.base_model", str(tiny_base),
             "--tasks", "LaMP-2N", "--methods", "np-k0", "random-k1", "rag-k1", "pag-k0", "oppu-k0", "pooled-k0",
             "majority", "user-majority", "bm25-copy", *TINY]
     trained = []
@@ -197,13 +199,22 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     assert trained == []
     assert [p.stat().st_mtime_ns for p in models] == mtimes
     assert json.loads((work / "results" / "leaderboard.json").read_text())["rows"] == result["rows"]
-    # A finished task's rows are reused when only the table settings change: nothing is predicted again.
+    seconds = result["meta"]["task_seconds"]["LaMP-2N"]
+    assert seconds > 0 and result["meta"]["wall_seconds"] == seconds
+    # A finished task's rows are reused when only the table settings change: nothing is predicted again, and the
+    # table still reports the time they took. A task that fails after it leaves the finished tasks' table.
     with monkeypatch.context() as m:
         m.setattr(Pipeline, "run", lambda *a, **k: pytest.fail("a finished task was predicted again"))
         assert main([*args, "--resamples", "20"]) == 0
+        assert json.loads((work / "results" / "leaderboard.json").read_text())["meta"]["task_seconds"] == {
+            "LaMP-2N": seconds}
+    tasks = args.index("--tasks") + 1  # LaMP-3 has no data here
+    assert main([*args[:tasks], "LaMP-2N", "LaMP-3", *args[tasks + 1:], "--resamples", "30"]) == 2
+    partial = json.loads((work / "results" / "leaderboard.json").read_text())
+    assert partial["bootstrap"]["resamples"] == 30 and {r["task"] for r in partial["rows"]} == {"LaMP-2N"}
     # A changed adapter setting trains new adapters (in a new folder) on the reused base; one more user only
     # trains that user.
-    assert main([*args[:-len(TINY)], *TINY, "--methods", "oppu-k0", "--user_epochs", "2"]) == 0
+    assert main([*args[:-len(TINY)], *TINY, "--methods", "oppu-k0", "--user.num_train_epochs", "2"]) == 0
     assert trained == ["user", "user"]
     trained.clear()
     assert main([*args, "--methods", "oppu-k0", "--users", "3"]) == 0
@@ -229,5 +240,101 @@ def test_pooled_adapter_applies_to_every_query_like_a_loaded_user_adapter(tiny_b
 def test_eval_reports_missing_golds(data, tiny_base, tmp_path, capsys):
     (data / "LaMP-2N" / "dev_questions.json").write_text((data / "LaMP-2N" / "test_questions.json").read_text())
     code = main(["eval", "--data_dir", str(data), "--workdir", str(tmp_path), "--split", "dev",
-                 "--base_model", str(tiny_base), "--tasks", "LaMP-2N", "--methods", "np-k0", *TINY])
+                 "--base.base_model", str(tiny_base), "--tasks", "LaMP-2N", "--methods", "np-k0", *TINY])
     assert code == 2 and "no gold outputs" in capsys.readouterr().err
+
+
+# The dicts hashed into the folder names of the full leaderboard's (bench/eval_full.sh) LaMP-2N k0 base and user
+# adapters, as runs/eval/{base,users}/*/eval_config.json recorded them before the configs were nested (the
+# adapters' without the dropped "concurrent": 8). Only the data hashes differ on the test data.
+EVAL_FULL_BASE = {
+    "peft_type": "LORA", "lora_r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+    "num_virtual_tokens": 16, "task": "LaMP-2N", "k": 0, "profile": False, "learning_rate": 0.0005,
+    "num_train_epochs": 1.0, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+    "max_prompt_length": 384, "precision": "auto", "seed": 42, "base_model": "SmolLM2-135M-Instruct",
+    "include_history": True, "max_examples": 128, "train_data": "510ffbced0e8aec3", "profiles": None}
+EVAL_FULL_USERS = {
+    "base": "c6fc9474e6d3", "eval_data": "75a07d496028c319", "gradient_accumulation_steps": 1, "history": "",
+    "history_format": "full", "k": 0, "learning_rate": 0.003, "lora_alpha": 16, "lora_dropout": 0.0, "lora_r": 16,
+    "max_history": 16, "max_prompt_length": 384, "num_train_epochs": 2.0, "num_virtual_tokens": 16,
+    "peft_type": "LORA", "per_device_train_batch_size": 4, "precision": "auto", "profile": False, "seed": 42,
+    "split": "test", "target_modules": ["q_proj", "v_proj"], "task": "LaMP-2N"}
+EVAL_FULL_FLAGS = ["--users", "40", "--base.max_examples", "128", "--base.num_train_epochs", "1",
+                   "--user.max_history", "16"]
+
+
+def eval_config(*flags: str):
+    from oppu_hub.cli import build_parser, config_from_args
+    from oppu_hub.evaluation import EvalConfig
+
+    return config_from_args(EvalConfig, build_parser().parse_args(["eval", *flags]))
+
+
+def test_artifact_hashes_are_stable(data, tmp_path):
+    # Bases and adapters are found again by the hash of their settings: the same settings, however built, must
+    # give the same folder as before (multi-hour artifacts are reused by it), and an execution detail none.
+    from oppu_hub.evaluation import _hashable, config_hash
+    from trainers import BaseTaskConfig
+
+    assert config_hash(EVAL_FULL_BASE) == "c6fc9474e6d3"  # the recorded dicts name the recorded folders
+    assert config_hash(EVAL_FULL_USERS) == "1a49760f574b"  # fcc770a9aede before, with "concurrent": 8
+    flags = ["--data_dir", str(data), "--workdir", str(tmp_path), *EVAL_FULL_FLAGS]
+    pipeline = Pipeline(eval_config(*flags), "lamp2n")
+    base, hashed = pipeline.base_config(0)
+    data_keys = {"train_data"}
+    assert {k: v for k, v in hashed.items() if k not in data_keys} == {
+        k: v for k, v in EVAL_FULL_BASE.items() if k not in data_keys}
+    # The nested template filled in by the pipeline == a flat BaseTaskConfig (as train-base builds it).
+    flat = BaseTaskConfig(task="LaMP-2N", data_dir="elsewhere", max_examples=128, num_train_epochs=1.0,
+                          per_device_train_batch_size=4)
+    assert _hashable(base) == _hashable(flat)
+    assert Path(base.output_dir) == tmp_path / "base" / config_hash(hashed)
+
+    users, hashed = pipeline.adapters_config(0)
+    data_keys = {"base", "eval_data"}
+    assert {k: v for k, v in hashed.items() if k not in data_keys} == {
+        k: v for k, v in EVAL_FULL_USERS.items() if k not in data_keys}
+    assert hashed["base"] == Path(base.output_dir).name and users.base_dir == str(base.target_dir())
+    folder = Path(users.output_dir)
+    for concurrent in ("1", "8"):  # how many users train together is not part of an adapter's identity
+        other = Pipeline(eval_config(*flags, "--user.concurrent", concurrent), "LaMP-2N").adapters_config(0)[0]
+        assert Path(other.output_dir) == folder and other.concurrent == int(concurrent)
+    changed = Pipeline(eval_config(*flags, "--user.learning_rate", "0.01"), "LaMP-2N").adapters_config(0)[0]
+    assert Path(changed.output_dir) != folder and changed.learning_rate == 0.01
+    assert Path(changed.base_dir) == base.target_dir()  # the base is untouched by a user setting
+
+
+def test_nested_flags_tuned_defaults_and_shared_settings():
+    from oppu_hub.tuned import user_defaults
+    from trainers import BaseTaskConfig, UserAdapterConfig
+
+    config = eval_config(*EVAL_FULL_FLAGS)
+    assert isinstance(config.base, BaseTaskConfig) and isinstance(config.user, UserAdapterConfig)
+    assert (config.base.max_examples, config.base.num_train_epochs, config.user.max_history) == (128, 1.0, 16)
+    assert config.user.learning_rate is None and config.user.concurrent == 0  # unset: tuned; executor: auto
+    tuned = user_defaults("LaMP-2N")
+    assert Pipeline(config, "LaMP-2N").tuned_settings() == {
+        "learning_rate": tuned.learning_rate, "num_train_epochs": tuned.num_train_epochs,
+        "target_modules": list(tuned.target_modules), "lora_r": tuned.lora_r, "lora_alpha": tuned.lora_r}
+    # What the user gives wins; an unset alpha follows the rank given.
+    given = Pipeline(eval_config("--user.learning_rate", "0.1", "--user.lora_r", "4"), "LaMP-2N").tuned_settings()
+    assert given == {"num_train_epochs": tuned.num_train_epochs, "target_modules": list(tuned.target_modules),
+                     "lora_alpha": 4}
+    # A shared flag sets both stages; a stage's own flag wins over it.
+    config = eval_config("--seed", "7", "--max_prompt_length", "200", "--user.seed", "8", "--precision", "fp32")
+    assert (config.base.seed, config.user.seed) == (7, 8)
+    assert config.base.max_prompt_length == config.user.max_prompt_length == 200
+    assert config.base.precision == config.user.precision == "fp32"
+    # The task is resolved once, when a config is built: aliases become the canonical name.
+    assert dataclasses.replace(config.base, task="lamp2n").task == "LaMP-2N"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--user.learning_rate", "fast"], "--user.learning-rate: invalid float value: 'fast'"),
+    (["--base.precision", "fp8"], "argument --base.precision: invalid choice: 'fp8'"),
+    (["--base.task", "LaMP-3"], "unrecognized arguments: --base.task LaMP-3"),  # the pipeline sets it
+])
+def test_bad_nested_flags_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]

@@ -18,7 +18,7 @@ from conftest import make_lamp2n
 from oppu_hub.adapters import is_complete
 from oppu_hub.cli import main
 from oppu_hub.distributed import RayOptions, train_users_on_ray
-from oppu_hub.inference import PredictConfig, predict
+from oppu_hub.inference import PredictConfig, predict, save_predictions
 from trainers import UserAdapterConfig, train_users
 
 try:
@@ -104,7 +104,9 @@ def test_train_users_and_predict_on_ray_match_single_machine(cluster, data, tiny
     assert "0 trained, 0 updated, 4 skipped, 0 failed" in capsys.readouterr().out
     # predict --ray: the same predictions file as one machine, users spread over both workers.
     common = dict(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base), adapters_dir=str(out), batch_size=4)
-    expected, _, expected_scores = predict(PredictConfig(**common, output=str(tmp_path / "single.json")))
+    config = PredictConfig(**common, output=str(tmp_path / "single.json"))
+    expected = predict(config)
+    _, expected_scores = save_predictions(config, expected)
     assert main(["predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
                  "--adapters_dir", str(out), "--batch_size", "4", "--output", str(tmp_path / "ray.json"),
                  "--ray", cluster.address, "--max_adapters", "2"]) == 0

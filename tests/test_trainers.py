@@ -1,6 +1,7 @@
 """The OPPU trainers on a tiny random Llama: loss masks, memorisation, reload, PEFT types, and the run layer's
 contracts under every local executor: resume (after a real SIGKILL too), update, failures, push."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from conftest import FAST, REPO, logits, make_lamp2n, user_config
 from oppu_hub.adapters import AdapterRecord, is_complete
-from oppu_hub.inference import PredictConfig, predict
+from oppu_hub.inference import PredictConfig, predict, save_predictions
 from oppu_hub.models import model_fingerprint
 from trainers import BaseTaskConfig, UserAdapterConfig, UserAdapterTrainer, train_base, train_users
 from trainers.base import read_base_record
@@ -103,9 +104,11 @@ def test_every_optimizer_step_is_a_real_update(tiny_base, tmp_path, rows, batch,
 
 
 def test_user_adapter_learns_the_users_labels(data, tiny_base, trained):
-    before, _, base_scores = predict(PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base)))
-    after, path, scores = predict(PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base),
-                                                adapters_dir=str(trained.adapters_dir())))
+    config = PredictConfig(task="LaMP-2N", data_dir=str(data), base_dir=str(tiny_base))
+    _, base_scores = save_predictions(config, predict(config))
+    config = dataclasses.replace(config, adapters_dir=str(trained.adapters_dir()))
+    after = predict(config)
+    path, scores = save_predictions(config, after)
     assert base_scores["accuracy"] == 0.0
     assert scores["accuracy"] == 1.0, after  # each user always picked one category; the adapter learned it
     assert json.loads(path.read_text())["task"] == "LaMP_2N"

@@ -50,7 +50,7 @@ class BaseTaskConfig(TrainingConfig, PeftOptions):
     num_train_epochs: float = field(default=2.0, metadata={"help": "training epochs"})
 
     def target_dir(self) -> Path:
-        return Path(self.output_dir) / get_task(self.task).name / self.variant
+        return Path(self.output_dir) / self.task / self.variant
 
 
 class BaseTaskTrainer(SFTTrainer):
@@ -93,8 +93,8 @@ def train_base(config: BaseTaskConfig) -> Path:
         logger.info("task-adapted base %s exists; reusing it (overwrite=True retrains)", target)
         return target
     set_threads()
-    task = get_task(config.task)
-    split = load_task_split(config.data_dir, task, "train")
+    split = load_task_split(config.data_dir, config.task, "train")
+    task = split.task
     if not split.has_golds:
         raise ValueError(f"{split.source}: training questions need gold outputs")
     model, tokenizer = load_base(BaseModelConfig(config.base_model, dtype="float32"))

@@ -15,6 +15,8 @@ import torch
 from peft import IA3Config, LoraConfig, PeftConfig, PromptTuningConfig, TaskType
 from trl import SFTConfig
 
+from oppu_hub.tasks import get_task
+
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -27,7 +29,7 @@ class TrainingConfig:
     """Hyperparameters every oppu-hub training run has.
 
     Args:
-        task: LaMP task name (``LaMP-2N``, ``LaMP-3``...).
+        task: LaMP task name (``LaMP-2N``, ``LaMP-3``... or an alias such as ``lamp2n``; stored canonical).
         data_dir: folder of LaMP-format task data (``{data_dir}/{task}/{split}_questions.json``).
         k: history items retrieved (BM25) into every training prompt; 0 = no retrieval.
         profile: put the user's textual profile (``oppu-hub profiles``) into every prompt.
@@ -55,6 +57,9 @@ class TrainingConfig:
     precision: Precision = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
+
+    def __post_init__(self) -> None:
+        self.task = get_task(self.task).name  # canonical, and an unknown task fails here
 
     @property
     def variant(self) -> str:

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.profiler import record_function
 from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
@@ -417,28 +418,31 @@ class ConcurrentLoraTrainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         for idx in micro:
             rows = [batch[i] for i in idx]
-            width = max(len(r.input_ids) for _, r, _ in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, (_, r, _) in enumerate(rows):
-                ids[j, :len(r.input_ids)] = torch.tensor(r.input_ids)
-                labels[j, :len(r.labels)] = torch.tensor(r.labels)
-                mask[j, :len(r.input_ids)] = 1
+            with record_function("oppu.collate"):
+                width = max(len(r.input_ids) for _, r, _ in rows)
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, (_, r, _) in enumerate(rows):
+                    ids[j, :len(r.input_ids)] = torch.tensor(r.input_ids)
+                    labels[j, :len(r.labels)] = torch.tensor(r.labels)
+                    mask[j, :len(r.input_ids)] = 1
             tokens += int(mask.sum())
             self.padded_tokens += ids.numel()
             slots = torch.tensor([s for s, _, _ in rows], device=self.device)
             weights = torch.tensor([w for _, _, w in rows])
             self.route.slots = slots
-            with autocast:
+            with record_function("oppu.forward"), autocast:
                 hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
                 target = labels[:, 1:]
                 keep = target != IGNORE
                 logits = head(hidden[:, :-1][keep.to(self.device)])  # the LM head only where there is a loss
-            nll = F.cross_entropy(logits.float(), target[keep].to(self.device), reduction="none")
-            row_of = keep.nonzero()[:, 0]
-            tok_weight = (weights / self.counts[slots.cpu()])[row_of].to(nll.device)
-            (nll * tok_weight).sum().backward()
+            with record_function("oppu.loss"):
+                nll = F.cross_entropy(logits.float(), target[keep].to(self.device), reduction="none")
+                row_of = keep.nonzero()[:, 0]
+                tok_weight = (weights / self.counts[slots.cpu()])[row_of].to(nll.device)
+            with record_function("oppu.backward"):
+                (nll * tok_weight).sum().backward()
             loss_sums.index_add_(0, slots.cpu()[row_of], nll.detach().float().cpu())
         self.route.slots = None
         return loss_sums, tokens
@@ -490,7 +494,8 @@ class ConcurrentLoraTrainer:
                 active[s] = True
             try:
                 loss_sums, tokens = self._forward_backward(batch)
-                self._optimizer_step(active, lrs)
+                with record_function("oppu.optimizer"):
+                    self._optimizer_step(active, lrs)
             except Exception as e:  # noqa: BLE001 - a failing step fails the users in it, not the run
                 for p in self._params():
                     p.grad = None

@@ -34,7 +34,6 @@ from oppu_hub.io import private_dir, remove_stale_temps, safe_name, write_json
 from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
 from oppu_hub.profiles import ProfileStore
 from oppu_hub.prompts import PromptBuilder
-from oppu_hub.tasks import get_task
 
 from .base import check_base_record
 from .common import MAX_AUTO_SLOTS, check_training, set_threads
@@ -110,8 +109,8 @@ class Workspace:
 
     @classmethod
     def load(cls, config: UserAdapterConfig, split: LampSplit | None = None) -> Workspace:
-        task = get_task(config.task)
-        split = split or load_task_split(config.data_dir, task, config.split)
+        split = split or load_task_split(config.data_dir, config.task, config.split)
+        task = split.task
         model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
         profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
         return cls(config, split, model, tokenizer, model_fingerprint(model), profiles,
@@ -226,8 +225,7 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
     updated adapter (default: the push of ``push_to_hub``). A base task-adapted for another task or prompt
     variant (its ``oppu_base.json``) is refused before anything runs."""
     check_config(config)
-    task = get_task(config.task)
-    split = load_task_split(config.data_dir, task, config.split)
+    split = load_task_split(config.data_dir, config.task, config.split)
     users = split.select_users(config.users, config.max_users)
     if on_done is None and config.push_to_hub:
         on_done = _pusher(config.hub_store)
@@ -241,7 +239,7 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
         else:
             todo.append(user_id)
     bar = tqdm(total=len(users), initial=len(users) - len(todo), unit="user",
-               desc=f"train-users {task.name} {config.variant}-{config.peft_type.lower()}")
+               desc=f"train-users {config.task} {config.variant}-{config.peft_type.lower()}")
 
     def emit(outcome: Outcome) -> None:
         if outcome.outcome in ("trained", "updated") and on_done is not None:

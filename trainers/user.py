@@ -19,7 +19,6 @@ from trl import SFTTrainer
 from oppu_hub.adapters import AdapterRecord, check_base, check_setting, is_complete
 from oppu_hub.io import atomic_dir, owner_only, private_dir
 from oppu_hub.prompts import PromptBuilder, history_examples
-from oppu_hub.tasks import get_task
 
 from .common import PeftOptions, TrainingConfig, last_checkpoint, sft_config
 
@@ -64,7 +63,7 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
 
     def adapters_dir(self) -> Path:
         suffix = "" if self.history_format == "full" else f"-{self.history_format}"
-        return Path(self.output_dir) / get_task(self.task).name / f"{self.variant}-{self.peft_type.lower()}{suffix}"
+        return Path(self.output_dir) / self.task / f"{self.variant}-{self.peft_type.lower()}{suffix}"
 
 
 # ---------------------------------------------------------------------------------------------- a user's job
@@ -121,7 +120,7 @@ def adapter_record(config: UserAdapterConfig, user_id: str, base_fingerprint: st
         trained_ids = previous.trained_item_ids or [str(i["id"]) for i in history if str(i["id"]) not in fresh]
     last = items[-1]
     return AdapterRecord(
-        user_id=user_id, task=get_task(config.task).name, base_model=config.base_dir,
+        user_id=user_id, task=config.task, base_model=config.base_dir,
         base_fingerprint=base_fingerprint, peft_type=config.peft_type, k=config.k, profile=config.profile,
         history_format=config.history_format,
         num_history_items=len(items) + (previous.num_history_items if previous else 0),

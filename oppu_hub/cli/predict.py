@@ -19,16 +19,17 @@ def register(subparsers: Any) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from ..distributed import RayOptions
-    from ..inference import PredictConfig, predict
+    from ..inference import PredictConfig, predict, save_predictions
 
     config = config_from_args(PredictConfig, args)
     ray_options = config_from_args(RayOptions, args)
     if ray_options.enabled:
         from ..distributed import predict_on_ray
 
-        predictions, path, scores = predict_on_ray(config, ray_options)
+        predictions = predict_on_ray(config, ray_options)
     else:
-        predictions, path, scores = predict(config)
+        predictions = predict(config)
+    path, scores = save_predictions(config, predictions)
     print(f"{len(predictions)} predictions written to {path}")
     if scores:
         print("  ".join(f"{name}={value:.4f}" for name, value in scores.items()))

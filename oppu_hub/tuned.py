@@ -22,11 +22,16 @@ class UserAdapterDefaults:
         return self.lora_r  # alpha = r throughout (scale 1), as the paper's r=8, alpha=8
 
 
-# LaMP-2N dev sweep (2026-12-01, bench/results/tune_users-LaMP-2N.json): the cheapest setting within one dev query
-# of the best. The other tasks have not been swept yet and take the same values.
+# Dev sweeps (2026-12-01, bench/results/tune_users-{task}.json): the cheapest setting within one dev query of the
+# best. LaMP-2N: the staged grid. LaMP-1 and LaMP-7 (unlabelled history text): only lr at 2 epochs, q/v, r=16.
+# The other tasks have not been swept yet and take LaMP-2N's values.
 TUNED: dict[str, UserAdapterDefaults] = {
     "LaMP-2N": UserAdapterDefaults(learning_rate=3e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
                                    lora_r=16),
+    "LaMP-1": UserAdapterDefaults(learning_rate=3e-4, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
+                                  lora_r=16),
+    "LaMP-7": UserAdapterDefaults(learning_rate=3e-4, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
+                                  lora_r=16),
 }
 FALLBACK = TUNED["LaMP-2N"]
 TUNED_FIELDS = tuple(f.name for f in fields(UserAdapterDefaults))  # the settings swept per task

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainers.concurrent import IGNORE
+
 
 def model_shape(model: nn.Module, targets: Sequence[str] | str, r: int) -> dict[str, int]:
     """``P`` (decoder linear weights), ``V``, ``d``, ``L``, the per-token LoRA width ``sum r (in + out)`` and the
@@ -42,7 +44,7 @@ def training_flops(shape: dict[str, int], rows: Sequence[Any], epochs: float) ->
     by component (see the module docstring); ``total`` is their sum."""
     P, V, d, L, lora = (shape[k] for k in ("P", "V", "d", "L", "lora"))
     T = sum(len(r.input_ids) for r in rows)
-    S = sum(sum(t != -100 for t in r.labels[1:]) for r in rows)
+    S = sum(sum(t != IGNORE for t in r.labels[1:]) for r in rows)
     T2 = sum(len(r.input_ids) ** 2 for r in rows)
     parts = {"linear fwd+bwd": 4 * P * T, "lm head fwd+bwd (supervised)": 4 * V * d * S,
              "attention fwd+bwd": 6 * L * d * T2, "lora fwd+bwd+grads": 6 * lora * T}

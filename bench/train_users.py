@@ -38,13 +38,14 @@ from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
 from oppu_hub.inference import PredictConfig, predict  # noqa: E402
 from oppu_hub.metrics import score  # noqa: E402
-from oppu_hub.models import load_base, resolve_base  # noqa: E402
-from oppu_hub.prompts import PromptBuilder, history_examples  # noqa: E402
+from oppu_hub.models import load_base, model_fingerprint, resolve_base  # noqa: E402
+from oppu_hub.prompts import PromptBuilder  # noqa: E402
 from oppu_hub.tasks import get_task  # noqa: E402
 from oppu_hub.tuned import user_defaults  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
-from trainers.common import bf16_available, set_threads  # noqa: E402
+from trainers.common import bf16_available, max_length, set_threads  # noqa: E402
 from trainers.concurrent import tokenize_rows  # noqa: E402
+from trainers.runs import Workspace  # noqa: E402
 
 TASK = get_task("LaMP-2N")
 MODES = {"reference": dict(precision="fp32", concurrent=1), "concurrent": dict(precision="fp32", concurrent=0),
@@ -63,13 +64,12 @@ def workload(data_dir: str, base: str, users: int, history: int, epochs: float) 
                 lora_alpha=tuned.lora_alpha, target_modules=list(tuned.target_modules))
 
 
-def training_rows(config: UserAdapterConfig, users: list[str], tokenizer) -> list:
-    """The tokenized rows the users train on (as both trainers tokenize them)."""
+def training_rows(config: UserAdapterConfig, users: list[str], model, tokenizer) -> list:
+    """The tokenized rows the users train on: each user's job as the trainers plan it, tokenized as both do."""
     split = load_task_split(config.data_dir, TASK, "test")
-    builder = PromptBuilder(TASK, tokenizer, config.max_prompt_length)
-    return [row for user in users for row in tokenize_rows(
-        history_examples(builder, list(split.user_history(user))[-config.max_history:], config.k), tokenizer,
-        config.max_prompt_length + 128)]
+    workspace = Workspace(config, split, model, tokenizer, model_fingerprint(model), None,
+                          PromptBuilder(TASK, tokenizer, config.max_prompt_length))
+    return [row for user in users for row in tokenize_rows(workspace.plan(user).rows, tokenizer, max_length(config))]
 
 
 def main() -> None:
@@ -92,9 +92,9 @@ def main() -> None:
     golds = {q.id: q.gold for u in users for q in split.user_questions(u)}
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model, tokenizer = load_base(base)
-    template = UserAdapterConfig(**common)
+    template = UserAdapterConfig(**common, output_dir=str(scratch / "plan"))  # nothing trained there
     shape = model_shape(model, template.targets(), template.lora_r)
-    work = training_flops(shape, training_rows(template, users, tokenizer), args.epochs)
+    work = training_flops(shape, training_rows(template, users, model, tokenizer), args.epochs)
     del model
     peaks = {"fp32": matmul_peak(torch.float32, shape)}
     if any(MODES[m]["precision"] == "bf16" for m in args.modes):

@@ -20,7 +20,7 @@ from oppu_hub.data import load_task_split
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 from trainers import ConcurrentExecutor, SequentialExecutor, UserAdapterConfig, UserAdapterTrainer, UserJob, train_users
-from trainers.common import MAX_AUTO_SLOTS, lr_factor, sft_config, slots_that_fit, warmup_steps
+from trainers.common import MAX_AUTO_SLOTS, lr_factor, max_length, sft_config, slots_that_fit, warmup_steps
 from trainers.concurrent import ConcurrentLoraTrainer, batch_plan, tokenize_rows, train_lora_users
 from trainers.runs import local_executor
 
@@ -161,7 +161,7 @@ def test_lm_head_only_at_label_positions_and_length_sorted_micro_batches(data, t
     train_lora_users(config, config.peft_config(), model, tok, jobs, slots=3, max_batch_tokens=64)
     labels = 0
     for job in jobs:
-        rows = tokenize_rows(job.rows, tok, config.max_prompt_length + 128)
+        rows = tokenize_rows(job.rows, tok, max_length(config))
         labels += sum(t != -100 for step in batch_plan(config, len(rows)) for i in step for t in rows[i].labels[1:])
     assert sum(head_rows) == labels  # the LM head saw exactly the positions that carry a label
     assert all(n * width <= 64 or n == 1 for n, width in shapes) and len(shapes) > 2  # bounded micro-batches

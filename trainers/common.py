@@ -143,6 +143,14 @@ def lr_factor(step: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+COMPLETION_TOKENS = 128  # a training row's budget beyond its prompt (answer + EOS)
+
+
+def max_length(config: TrainingConfig) -> int:
+    """Tokens a training row is truncated to (keeping its start): the prompt budget plus the answer's."""
+    return config.max_prompt_length + COMPLETION_TOKENS
+
+
 def sft_config(config: TrainingConfig, output_dir: str | Path, num_rows: int, **overrides: Any) -> SFTConfig:
     """An ``SFTConfig`` for ``config`` over ``num_rows`` training examples: CPU when there is no CUDA, no
     activation checkpointing (small models), warmup by :func:`warmup_steps`, no external reporting, one
@@ -154,7 +162,7 @@ def sft_config(config: TrainingConfig, output_dir: str | Path, num_rows: int, **
         num_train_epochs=config.num_train_epochs,
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_prompt_length + 128,
+        max_length=max_length(config),
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,

@@ -75,7 +75,7 @@ from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
 
-from .common import TrainingConfig, bf16_available, lr_factor, optimizer_steps, slots_that_fit
+from .common import TrainingConfig, bf16_available, lr_factor, max_length, optimizer_steps, slots_that_fit
 from .user import UserJob
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class ConcurrentLoraTrainer:
         self.tokenizer = tokenizer
         self.slots = max(1, int(slots))
         self.max_batch_tokens = max_batch_tokens
-        self.max_length = config.max_prompt_length + 128  # as sft_config
+        self.max_length = max_length(config)
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
         self.device = next(model.parameters()).device
         self.route = _Route()

@@ -2,16 +2,20 @@
 # The full-size leaderboard (`make eval`, docs/eval.md): the rebuilt LaMP tasks with 3 queries per user, up to 40
 # test users per task (all of LaMP-2M and LaMP-3), the label-prior / BM25-copy / pooled-adapter baselines beside
 # np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap intervals over users.
-# It resumes where it stopped: bases and adapters are content-addressed under $WORK, and each finished task's rows
-# are kept in $WORK/results/rows/ (a rerun only rebuilds the table). Extra flags are passed on, e.g.
+# The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
+# bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
+# a task whose rows in $OUT/rows/ match the settings and data is not run again (so a fresh clone, without $WORK,
+# only rebuilds the table from the committed rows; a changed setting re-runs the tasks it touches). Extra flags are
+# passed on, e.g.
 #   TASKS="LaMP-2N LaMP-3" bench/eval_full.sh --users 20
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-runs/eval}
+OUT=${OUT:-bench/results/leaderboard}
 SOURCE=${SOURCE:-../shared/data}
 TASKS=${TASKS:-LaMP-2N LaMP-2M LaMP-3 LaMP-7 LaMP-4 LaMP-1 LaMP-5}
 "$BIN/oppu-hub" data build --source_dir "$SOURCE" --out_dir "$WORK/data" --queries_per_user 3
 # shellcheck disable=SC2086  # TASKS is a list
-exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --tasks $TASKS \
+exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT" --tasks $TASKS \
   --methods majority user-majority bm25-copy np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 \
   --users 40 --base.max_examples 128 --base.num_train_epochs 1 --user.max_history 16 "$@"

@@ -202,12 +202,18 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     seconds = result["meta"]["task_seconds"]["LaMP-2N"]
     assert seconds > 0 and result["meta"]["wall_seconds"] == seconds
     # A finished task's rows are reused when only the table settings change: nothing is predicted again, and the
-    # table still reports the time they took. A task that fails after it leaves the finished tasks' table.
+    # table still reports the time they took. The rows and prediction files are all it needs (a fresh clone of the
+    # committed leaderboard has no bases or adapters). A task that fails after it leaves the finished tasks' table.
+    artifacts = [work / "base", work / "users"]
+    for folder in artifacts:
+        folder.rename(folder.with_name(folder.name + ".away"))
     with monkeypatch.context() as m:
         m.setattr(Pipeline, "run", lambda *a, **k: pytest.fail("a finished task was predicted again"))
         assert main([*args, "--resamples", "20"]) == 0
         assert json.loads((work / "results" / "leaderboard.json").read_text())["meta"]["task_seconds"] == {
             "LaMP-2N": seconds}
+    for folder in artifacts:
+        folder.with_name(folder.name + ".away").rename(folder)
     tasks = args.index("--tasks") + 1  # LaMP-3 has no data here
     assert main([*args[:tasks], "LaMP-2N", "LaMP-3", *args[tasks + 1:], "--resamples", "30"]) == 2
     partial = json.loads((work / "results" / "leaderboard.json").read_text())

@@ -420,6 +420,21 @@ class Pipeline:
         histories together, on the same base as ``oppu-k{k}``'s adapters."""
         return self._train_adapters(*self.pooled_config(k, peft_type, history_format)) / safe_name(POOLED_USER)
 
+    def artifacts(self, method: str | Method, peft_type: str | None = None, history_format: str = "full"
+                  ) -> tuple[Path | None, Path | None]:
+        """The folders of the base and the adapters (per-user folder, or the pooled adapter) that ``method``
+        predicts with (``None`` where it uses none); nothing is trained. They are named by the hashes of their
+        resolved training configs, tuned defaults included."""
+        m = parse_method(method)
+        if m.baseline:
+            return None, None
+        base = self.base_config(m.k, m.profile)[0].target_dir()
+        if m.pooled:
+            return base, self.pooled_config(m.k, peft_type, history_format)[0].adapters_dir() / safe_name(POOLED_USER)
+        if m.oppu:
+            return base, self.adapters_config(m.k, m.profile, peft_type, history_format)[0].adapters_dir()
+        return base, None
+
     def _user_config(self, k: int, profile: bool, peft_type: str | None, history_format: str, data_dir: Path,
                      users: list[str], max_history: int | None, data: dict[str, str]
                      ) -> tuple[UserAdapterConfig, dict[str, Any]]:
@@ -668,8 +683,9 @@ _TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed"}
 def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
               ) -> tuple[list[dict[str, Any]], float]:
     """One task's result rows and the seconds computing them took: reused from ``{out}/rows/{task}.json`` when
-    that was written by a finished run with the same settings, methods and data (so a long leaderboard resumes task
-    by task and a final all-task call only rebuilds the table), else run and recorded."""
+    that was written by a finished run with the same settings, methods and data and its bases and adapters are
+    still the ones these settings name (so a long leaderboard resumes task by task, a final all-task call only
+    rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded."""
     pipeline = Pipeline(config, task)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
     settings.update(base=_hashable(config.base), user=_hashable(config.user))
@@ -679,13 +695,21 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
     path = out / "rows" / f"{task.name}.json"
     if path.exists():
         done = read_json(path)
-        if done.get("key") == key and all(Path(r["predictions"]).exists() for r in done["rows"]):
+        if done.get("key") == key and all(_still_valid(pipeline, r) for r in done["rows"]):
             return done["rows"], done.get("seconds", 0.0)
     start = time.perf_counter()
     rows = pipeline.run(methods, out / "predictions")
     seconds = round(time.perf_counter() - start, 1)
     write_json(path, {"key": key, "rows": rows, "seconds": seconds})
     return rows, seconds
+
+
+def _still_valid(pipeline: Pipeline, row: dict[str, Any]) -> bool:
+    """Whether a recorded result row still stands: its prediction file exists and the base and adapters it
+    predicted with are the ones the current settings name (a changed tuned default names other adapters)."""
+    base, adapters = pipeline.artifacts(row["method"])
+    return (Path(row["predictions"]).exists() and row["base"] == (str(base) if base else None)
+            and row["adapters"] == (str(adapters) if adapters else None))
 
 
 def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[dict[str, Any]]]:

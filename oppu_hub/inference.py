@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,9 @@ class Generator:
         """Delete a resident adapter; the last one leaves the plain base behind (peft keeps at least one)."""
         del self._resident[name]
         if self._resident:
-            self.model.delete_adapter(name)
+            with warnings.catch_warnings():  # peft re-activates another adapter; rows choose theirs in generate()
+                warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
+                self.model.delete_adapter(name)
             return
         if self._peft_type != "PROMPT_TUNING":  # remove the injected layers; prompt tuning injects none
             self.model.unload()

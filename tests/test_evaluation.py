@@ -214,6 +214,16 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
             "LaMP-2N": seconds}
     for folder in artifacts:
         folder.with_name(folder.name + ".away").rename(folder)
+    # A changed tuned default names other adapters: the task runs again and trains them, on the reused bases.
+    import oppu_hub.evaluation
+
+    tuned = oppu_hub.evaluation.user_defaults("LaMP-2N")
+    with monkeypatch.context() as m:
+        m.setattr(oppu_hub.evaluation, "user_defaults",
+                  lambda task: dataclasses.replace(tuned, learning_rate=tuned.learning_rate / 2))
+        assert main([*args, "--resamples", "20"]) == 0
+    assert sorted(trained) == ["user"] * 3  # 2 users and the pooled adapter
+    trained.clear()
     tasks = args.index("--tasks") + 1  # LaMP-3 has no data here
     assert main([*args[:tasks], "LaMP-2N", "LaMP-3", *args[tasks + 1:], "--resamples", "30"]) == 2
     partial = json.loads((work / "results" / "leaderboard.json").read_text())
@@ -225,7 +235,8 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     trained.clear()
     assert main([*args, "--methods", "oppu-k0", "--users", "3"]) == 0
     assert trained == ["user"]
-    assert len(list(work.glob("users/*/LaMP-2N/k0-lora"))) == 2 + 1  # two per-user folders and the pooled one
+    # Per-user folders for the default, the halved tuned lr and 2 epochs; pooled ones for the first two.
+    assert len(list(work.glob("users/*/LaMP-2N/k0-lora"))) == 3 + 2
 
 
 def test_pooled_adapter_applies_to_every_query_like_a_loaded_user_adapter(tiny_base, tmp_path):

@@ -4,9 +4,9 @@
 # np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap intervals over users.
 # The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
-# a task whose rows in $OUT/rows/ match the settings and data is not run again (so a fresh clone, without $WORK,
-# only rebuilds the table from the committed rows; a changed setting re-runs the tasks it touches). Extra flags are
-# passed on, e.g.
+# a task whose rows in $OUT/rows/ match the settings, the data and the bases/adapters those settings name is not
+# run again (a fresh clone, without $WORK, reuses the committed rows of every task whose data it rebuilds byte for
+# byte; a changed setting or tuned default re-runs the tasks it touches). Extra flags are passed on, e.g.
 #   TASKS="LaMP-2N LaMP-3" bench/eval_full.sh --users 20
 set -euo pipefail
 BIN=${BIN:-.venv/bin}

@@ -46,7 +46,7 @@ from trainers import BaseTaskConfig, UserAdapterConfig, train_base, train_users
 from trainers.base import BASE_RECORD
 
 from .adapters import is_complete
-from .baselines import BASELINES, POOLED_USER, applies, pooled_split, predict_baseline
+from .baselines import BASELINES, POOLED_USER, POOLED_VIEW_VERSION, applies, pooled_split, predict_baseline
 from .data import LampSplit, load_task_split, read_predictions, write_predictions, write_split
 from .io import read_json, safe_name, write_json
 from .metrics import score
@@ -399,7 +399,8 @@ class Pipeline:
         ``max_history``; :func:`oppu_hub.baselines.pooled_split`), written once under a name derived from its
         inputs."""
         c = self.config
-        key = config_hash({"view": self.data_view().name, "users": self.users(), "max_history": c.user.max_history})
+        key = config_hash({"view": self.data_view().name, "users": self.users(), "max_history": c.user.max_history,
+                           "version": POOLED_VIEW_VERSION})
         view = self.work / "views" / self.task.name / f"pooled-{key}"
         if not (view / self.task.name / f"{c.split}_outputs.json").exists():
             write_split(pooled_split(self.eval_split(), self.users(), c.user.max_history), view / self.task.name,

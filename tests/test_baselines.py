@@ -124,3 +124,24 @@ def test_pooled_split_joins_histories_in_time_order(tmp_path):
     assert len(pooled_split(split, ["a", "b"]).user_history(POOLED_USER)) == 5
     with pytest.raises(ValueError, match="at least one user"):
         pooled_split(split, [])
+
+
+def test_pooled_split_leaves_out_items_that_are_evaluated_queries():
+    # A co-authored paper: b's query abstract is also an item of a's history (case and spacing aside); the pooled
+    # adapter must not train on it. a's other paper and b's history stay.
+    papers = {"a": [{"title": "Shared paper", "abstract": "We  study SHARED things."},
+                    {"title": "Own paper", "abstract": "We study own things."}],
+              "b": [{"title": "Earlier paper", "abstract": "Earlier work."}]}
+    split = _split("LaMP-5", papers, {"a": ["an unrelated abstract"], "b": ["we study shared things."]},
+                   golds=["A title", "Shared paper"])
+    pooled = pooled_split(split, ["a", "b"]).user_history(POOLED_USER)
+    assert sorted(i["title"] for i in pooled) == ["Earlier paper", "Own paper"]
+    # Only evaluated users' queries count: without b, a's copy of the paper is not a query's.
+    assert len(pooled_split(split, ["a"]).user_history(POOLED_USER)) == 2
+    # Unpaired history (LaMP-7): an item equal to a query's gold (the user's tweet) is left out.
+    tweets = _split("LaMP-7", {"a": [{"text": "Snow again at the airport"}, {"text": "coffee time"}],
+                               "b": [{"text": "gate changed twice"}]},
+                    {"a": ["a paraphrase"], "b": ["it is snowing at the airport"]},
+                    golds=["x", "snow again at the airport"])
+    assert [i["text"] for i in pooled_split(tweets, ["a", "b"]).user_history(POOLED_USER)] == [
+        "gate changed twice", "coffee time"]

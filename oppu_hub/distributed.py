@@ -83,6 +83,7 @@ def _quiet_worker(threads: int) -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    os.environ["TQDM_DISABLE"] = "1"  # the driver's bar counts users; per-worker step bars would interleave
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(max(1, threads))

@@ -23,7 +23,7 @@ from oppu_hub.inference import PredictConfig, predict, save_predictions
 from oppu_hub.models import model_fingerprint
 from trainers import BaseTaskConfig, UserAdapterConfig, UserAdapterTrainer, train_base, train_users
 from trainers.base import read_base_record
-from trainers.common import lr_factor, sft_config
+from trainers.common import lr_factor, sft_config, step_bar
 
 # The run layer's contracts hold for every local executor: --concurrent 1 (SFTTrainer) and N slots.
 EXECUTORS = pytest.mark.parametrize("concurrent", [1, 2], ids=["sequential", "concurrent"])
@@ -174,8 +174,22 @@ def adapters_of(out, users):
     return {u: load_file(str(out / u / "adapter_model.safetensors")) for u in users}
 
 
+@pytest.fixture
+def step_bars(monkeypatch):
+    """Every step bar the trainers open, kept after they close."""
+    bars = []
+
+    def recording():
+        bars.append(step_bar())
+        return bars[-1]
+
+    for module in ("trainers.user", "trainers.concurrent"):
+        monkeypatch.setattr(f"{module}.step_bar", recording)
+    return bars
+
+
 @EXECUTORS
-def test_interrupted_run_trains_nobody_twice(data, tiny_base, tmp_path, concurrent):
+def test_interrupted_run_trains_nobody_twice(data, tiny_base, tmp_path, concurrent, step_bars):
     config = user_config(data, tiny_base, tmp_path, num_train_epochs=2, concurrent=concurrent)
     finished = []
 
@@ -189,11 +203,15 @@ def test_interrupted_run_trains_nobody_twice(data, tiny_base, tmp_path, concurre
     assert [p.name for p in out.iterdir() if is_complete(p)] == finished  # one whole adapter, nothing partial
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     checkpointed = {p.name[1:-len(".work")] for p in out.glob(".*.work") if any(p.iterdir())}
+    step_bars.clear()
     report = train_users(config, on_done=lambda u, f: finished.append(u))
     assert report.skipped == finished[:1] and report.trained == sorted({"u5", "u6", "u7"} - set(finished[:1]))
     assert sorted(finished) == ["u5", "u6", "u7"]  # nobody finished twice
     full = 2 * 2  # epochs x steps per epoch (6 rows, batches of 3)
     assert all(report.steps[u] == (full // 2 if u in checkpointed else full) for u in report.trained)
+    # The step bars reach every planned step, a resumed user's checkpointed ones counted as done.
+    assert len(step_bars) == (len(report.trained) if concurrent == 1 else 1)
+    assert sum(b.n for b in step_bars) == sum(b.total for b in step_bars) == full * len(report.trained)
     assert sorted(p.name for p in out.iterdir()) == ["run.json", "u5", "u6", "u7"]  # no temp or work folders
     assert json.loads((out / "run.json").read_text())["skipped"] == finished[:1]
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 from peft import IA3Config, LoraConfig, PeftConfig, PromptTuningConfig, TaskType
+from tqdm.auto import tqdm
 from trl import SFTConfig
 
 from oppu_hub.tasks import get_task
@@ -229,6 +230,12 @@ def slots_that_fit(per_slot_bytes: int, device: torch.device, most: int) -> int:
     """How many users (at most ``most``, at least 1) can train together when each costs ``per_slot_bytes``:
     those that fit in half of :func:`free_memory` (the other half is left to activations and everything else)."""
     return max(1, min(most, free_memory(device) // 2 // max(1, per_slot_bytes)))
+
+
+def step_bar() -> tqdm:
+    """The optimizer-step bar under a run's user bar: a long user (a pooled adapter: minutes per user) shows
+    progress and an ETA. Trainers grow its ``total`` as users start; ``TQDM_DISABLE=1`` hides it (Ray workers)."""
+    return tqdm(total=0, unit="step", desc="steps", leave=False, dynamic_ncols=True)
 
 
 def set_threads() -> None:

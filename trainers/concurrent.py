@@ -75,7 +75,7 @@ from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
 
-from .common import TrainingConfig, bf16_available, lr_factor, max_length, optimizer_steps, slots_that_fit
+from .common import TrainingConfig, bf16_available, lr_factor, max_length, optimizer_steps, slots_that_fit, step_bar
 from .user import UserJob
 
 logger = logging.getLogger(__name__)
@@ -462,13 +462,15 @@ class ConcurrentLoraTrainer:
                 params = self._params()
                 self.state = {p: {"m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in params}
                 self.steps = torch.zeros(self.slots, dtype=torch.long)
-                self._loop(iter(jobs), on_result)
+                with contextlib.closing(step_bar()) as bar:
+                    self._loop(iter(jobs), on_result, bar)
         finally:
             for p, g in zip(self.model.parameters(), grads, strict=True):
                 p.requires_grad_(g)
             self.model.train(was_training)
 
-    def _loop(self, jobs: Iterator[UserJob], on_result: Callable[[UserResult], None]) -> None:
+    def _loop(self, jobs: Iterator[UserJob], on_result: Callable[[UserResult], None], bar: Any) -> None:
+        """The step loop; ``bar`` counts every user's optimizer steps (a resumed user's checkpointed ones as done)."""
         slots: list[_Slot | None] = [None] * self.slots
         cfg = self.config
         while True:
@@ -478,6 +480,9 @@ class ConcurrentLoraTrainer:
                         slots[s] = self._fill(s, job)
                     except Exception as e:  # noqa: BLE001 - recorded as this user's failure
                         on_result(UserResult(job.user_id, job.folder, [], 0, 0.0, error=e))
+                        continue
+                    bar.total += len(slots[s].plan)
+                    bar.update(slots[s].step)
             live = [s for s in range(self.slots) if slots[s] is not None]
             if not live:
                 return
@@ -504,6 +509,7 @@ class ConcurrentLoraTrainer:
                     slots[s] = None
                 continue
             self.trained_tokens += tokens
+            bar.update(len(live))
             for s in live:
                 slot = slots[s]
                 slot.losses.append(float(loss_sums[s] / self.counts[s]))

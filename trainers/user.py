@@ -20,7 +20,7 @@ from oppu_hub.adapters import AdapterRecord, check_base, check_setting, is_compl
 from oppu_hub.io import atomic_dir, owner_only, private_dir
 from oppu_hub.prompts import PromptBuilder, history_examples
 
-from .common import PeftOptions, TrainingConfig, last_checkpoint, sft_config
+from .common import PeftOptions, TrainingConfig, last_checkpoint, sft_config, step_bar
 
 
 @dataclass
@@ -162,12 +162,13 @@ def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint
 
 class UserAdapterTrainer(SFTTrainer):
     """``SFTTrainer`` for one user's adapter; saves a standard PEFT folder plus ``oppu.json`` atomically.
-    Per-step log printing is off: a multi-user run shows one progress bar over users instead."""
+    Per-step log printing is off: a multi-user run shows its bar over users and this user's :class:`StepBar`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)
         self.add_callback(OwnerOnlyCheckpoints())
+        self.add_callback(StepBar())
 
     def save_adapter(self, folder: str | Path, record: AdapterRecord, *, overwrite: bool = False) -> Path:
         with atomic_dir(folder, overwrite=overwrite, mode=0o700) as tmp:
@@ -181,6 +182,21 @@ class OwnerOnlyCheckpoints(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         owner_only(args.output_dir)
+
+
+class StepBar(TrainerCallback):
+    """This user's optimizer steps on :func:`trainers.common.step_bar` (a resumed run starts at its checkpoint)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar = step_bar()
+        self.bar.total = state.max_steps
+        self.bar.refresh()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar.close()
 
 
 def train_job(config: UserAdapterConfig, model: Any, tokenizer: Any, job: UserJob) -> int:

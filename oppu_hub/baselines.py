@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .data import LampSplit, Question, chronological
+from .data import LampSplit, Question, chronological, item_keys, query_keys
 from .retrieval import BM25Retriever
 from .tasks import Task
 
@@ -101,38 +101,21 @@ def pooled_split(split: LampSplit, users: Sequence[str], max_history: int | None
     concatenated in time order (by date when every item has one) as the history of one question of user
     :data:`POOLED_USER`; item ids are prefixed with their user so they stay unique.
 
-    An item that is one of the evaluated queries (:func:`_query_keys`: a co-authored LaMP-5 paper can be one user's
-    query and another user's history item) is left out, so the pooled adapter never trains on a query's answer."""
+    An item that is one of the evaluated queries (:func:`oppu_hub.data.query_keys`: a co-authored LaMP-5 paper can
+    be one user's query and another user's history item) is left out, so the pooled adapter never trains on a
+    query's answer."""
     if not users:
         raise ValueError("the pooled adapter needs at least one user")
-    queries = _query_keys(split.task, [q for user in users for q in split.user_questions(user)])
+    queries = query_keys(split.task, [q for user in users for q in split.user_questions(user)])
     items = []
     for user in users:
         history = split.user_history(user)
         if max_history:
             history = history[-max_history:]
         items += [{**item, "id": f"{user}/{item['id']}"} for item in history
-                  if queries.isdisjoint(_item_keys(split.task, item))]
+                  if queries.isdisjoint(item_keys(split.task, item))]
     first = split.user_questions(users[0])[0]  # a valid input and gold; training reads only the history
     return LampSplit(split.task, [Question(POOLED_USER, first.input, chronological(items), POOLED_USER, first.gold)])
-
-
-def _key(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
-def _query_keys(task: Task, questions: Sequence[Question]) -> set[str]:
-    """What makes a history item one of ``questions``: the query's main input field (a LaMP-5 abstract, a LaMP-4
-    article, a LaMP-1 paper title) and, where history items are unpaired text, the gold (a LaMP-7 tweet)."""
-    keys = {_key(q.fields(task)[task.query_fields[0]]) for q in questions}
-    if not task.has_pairs:
-        keys |= {_key(q.gold) for q in questions if q.gold}
-    return keys - {""}
-
-
-def _item_keys(task: Task, item: dict[str, Any]) -> set[str]:
-    fields = task.item_fields(item)
-    return {_key(fields.get(task.query_fields[0], "")), _key(task.item_text(item))}
 
 
 def _output_side(task: Task, item: dict[str, Any]) -> str:

@@ -97,6 +97,27 @@ def chronological(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def query_keys(task: Task, questions: Iterable[Question]) -> set[str]:
+    """What makes a history item one of ``questions`` (a co-authored LaMP-5 paper can be one user's query and
+    another user's history item): the query's main input field (a LaMP-5 abstract, a LaMP-4 article, a LaMP-1 paper
+    title) and, where history items are unpaired text, the gold (a LaMP-7 tweet); case and spacing aside."""
+    questions = list(questions)
+    keys = {_key(q.fields(task)[task.query_fields[0]]) for q in questions}
+    if not task.has_pairs:
+        keys |= {_key(q.gold) for q in questions if q.gold}
+    return keys - {""}
+
+
+def item_keys(task: Task, item: Mapping[str, Any]) -> set[str]:
+    """The keys of a history item that :func:`query_keys` are compared with."""
+    fields = task.item_fields(item)
+    return {_key(fields.get(task.query_fields[0], "")), _key(task.item_text(item))}
+
+
+def _key(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
 def file_task_name(task: Task) -> str:
     """The ``task`` name this project writes into prediction and gold files: ``LaMP_1``, ``LaMP_2N``, ``LaMP_2M``,
     ``LaMP_3`` ... (OPPU's evaluation script scores all seven by these names; LaMP's own calls LaMP-2M ``LaMP_2``

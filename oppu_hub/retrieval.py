@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +67,10 @@ class RandomHistory:
         self._pool = [(user, dict(item)) for user, items in histories.items() for item in items]
         self._seed = seed
 
-    def sample(self, user_id: str, k: int, key: str = "") -> list[Retrieved]:
-        """``k`` random items of users other than ``user_id``; the same (user, key) draws the same items."""
-        others = [item for user, item in self._pool if user != user_id]
+    def sample(self, user_id: str, k: int, key: str = "",
+               leave_out: Callable[[Mapping[str, Any]], bool] | None = None) -> list[Retrieved]:
+        """``k`` random items of users other than ``user_id``, none for which ``leave_out`` holds (the query's own
+        item in another user's history); the same (user, key) draws the same items."""
+        others = [item for user, item in self._pool if user != user_id and not (leave_out and leave_out(item))]
         rng = random.Random(f"{self._seed}:{user_id}:{key}")
         return [Retrieved(item, None) for item in rng.sample(others, min(k, len(others)))]

@@ -13,6 +13,7 @@ from oppu_hub.baselines import (
     user_majority,
 )
 from oppu_hub.data import LampSplit, Question, load_task_split, write_split
+from oppu_hub.inference import PredictConfig, build_prompts
 from oppu_hub.metrics import score
 from oppu_hub.tasks import get_task
 
@@ -145,3 +146,18 @@ def test_pooled_split_leaves_out_items_that_are_evaluated_queries():
                     golds=["x", "snow again at the airport"])
     assert [i["text"] for i in pooled_split(tweets, ["a", "b"]).user_history(POOLED_USER)] == [
         "gate changed twice", "coffee time"]
+
+
+def test_random_history_never_draws_the_query_itself():
+    # random-kN fills the prompt with other users' items: b's query paper, co-authored and in a's history, must
+    # not be one of them (nor, in its title, the answer); a's other paper may.
+    papers = {"a": [{"title": "Shared paper", "abstract": "We  study SHARED things."},
+                    {"title": "Own paper", "abstract": "We study own things."}],
+              "b": [{"title": "Earlier paper", "abstract": "Earlier work."}]}
+    split = _split("LaMP-5", papers, {"a": ["an unrelated abstract"], "b": ["we study shared things."]},
+                   golds=["A title", "Shared paper"])
+    config = PredictConfig(task="LaMP-5", random_history=True, k=5)
+    _, owners, prompts = build_prompts(config, split, ["a", "b"], tokenizer=None)
+    by_user = dict(zip(owners, prompts, strict=True))
+    assert "Own paper" in by_user["b"] and "Shared paper" not in by_user["b"]
+    assert "Earlier paper" in by_user["a"]  # a's query is nobody's item: b's whole history is drawn

@@ -127,14 +127,18 @@ def test_pooled_split_joins_histories_in_time_order(tmp_path):
         pooled_split(split, [])
 
 
-def test_pooled_split_leaves_out_items_that_are_evaluated_queries():
-    # A co-authored paper: b's query abstract is also an item of a's history (case and spacing aside); the pooled
-    # adapter must not train on it. a's other paper and b's history stay.
+def _coauthored() -> LampSplit:
+    """LaMP-5 users a and b: b's query abstract is also an item of a's history (case and spacing aside)."""
     papers = {"a": [{"title": "Shared paper", "abstract": "We  study SHARED things."},
                     {"title": "Own paper", "abstract": "We study own things."}],
               "b": [{"title": "Earlier paper", "abstract": "Earlier work."}]}
-    split = _split("LaMP-5", papers, {"a": ["an unrelated abstract"], "b": ["we study shared things."]},
-                   golds=["A title", "Shared paper"])
+    return _split("LaMP-5", papers, {"a": ["an unrelated abstract"], "b": ["we study shared things."]},
+                  golds=["A title", "Shared paper"])
+
+
+def test_pooled_split_leaves_out_items_that_are_evaluated_queries():
+    # The co-authored paper must not be trained on; a's other paper and b's history stay.
+    split = _coauthored()
     pooled = pooled_split(split, ["a", "b"]).user_history(POOLED_USER)
     assert sorted(i["title"] for i in pooled) == ["Earlier paper", "Own paper"]
     # Only evaluated users' queries count: without b, a's copy of the paper is not a query's.
@@ -151,11 +155,7 @@ def test_pooled_split_leaves_out_items_that_are_evaluated_queries():
 def test_random_history_never_draws_the_query_itself():
     # random-kN fills the prompt with other users' items: b's query paper, co-authored and in a's history, must
     # not be one of them (nor, in its title, the answer); a's other paper may.
-    papers = {"a": [{"title": "Shared paper", "abstract": "We  study SHARED things."},
-                    {"title": "Own paper", "abstract": "We study own things."}],
-              "b": [{"title": "Earlier paper", "abstract": "Earlier work."}]}
-    split = _split("LaMP-5", papers, {"a": ["an unrelated abstract"], "b": ["we study shared things."]},
-                   golds=["A title", "Shared paper"])
+    split = _coauthored()
     config = PredictConfig(task="LaMP-5", random_history=True, k=5)
     _, owners, prompts = build_prompts(config, split, ["a", "b"], tokenizer=None)
     by_user = dict(zip(owners, prompts, strict=True))

@@ -8,7 +8,8 @@ setting is never retrained), predictions written in LaMP's format and scored fro
 Grids: ``full`` is every combination of ``--lrs x --epochs x --targets x --ranks``; ``staged`` (default, a third of
 the CPU time) sweeps lr x epochs at the first target and rank, then targets x ranks at the best lr and epochs.
 The chosen setting is the cheapest one whose first metric (accuracy, MAE, ROUGE-1) is within one query's worth
-(1/n) of the best (:func:`choose`).
+(1/n) of the best (:func:`choose`). A sweep of the same settings and data extends the rows already in
+``tune_users-{task}.json`` (:func:`earlier_rows`); one of other settings is refused unless ``--replace``.
 
     .venv/bin/python bench/tune_users.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/tune
 
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from oppu_hub.cli import ConfigParser
-from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
+from oppu_hub.evaluation import Pipeline, PipelineConfig, file_hash, machine
+from oppu_hub.io import read_json, write_json
 from oppu_hub.tasks import get_task
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": ["all-linear"]}
@@ -36,7 +38,8 @@ TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": ["all-linear"]}
 @dataclass
 class SweepConfig:
     """What to sweep. Args: tasks; lrs / epochs / targets (``qv``, ``all-linear``) / ranks: the grid; grid:
-    ``staged`` or ``full``; baselines: methods scored once for reference; out: where the JSON goes."""
+    ``staged`` or ``full``; baselines: methods scored once for reference; out: where the JSON goes; replace:
+    overwrite a JSON of another sweep's settings or data."""
 
     tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to tune"})
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3], metadata={"help": "learning rates"})
@@ -47,6 +50,8 @@ class SweepConfig:
     baselines: list[str] = field(default_factory=lambda: ["majority", "user-majority", "bm25-copy", "np-k0"],
                                  metadata={"help": "reference methods scored once (those a task supports)"})
     out: str = field(default="bench/results", metadata={"help": "folder of tune_users-{task}.json"})
+    replace: bool = field(default=False, metadata={
+        "help": "overwrite a tune_users-{task}.json of other settings or data (else refused)"})
 
 
 def setting_config(base: PipelineConfig, lr: float, epochs: float, target: str, rank: int) -> PipelineConfig:
@@ -82,12 +87,27 @@ def run_setting(config: PipelineConfig, task: str, out: Path, **setting: Any) ->
             "predictions": row["predictions"]}
 
 
+def earlier_rows(path: Path, config: dict[str, Any], data: str, replace: bool = False) -> list[dict[str, Any]]:
+    """The rows of the sweep already in ``path`` when it ran with the same pipeline ``config`` on the same
+    ``data``: a sweep extends it (they count in the choice and are not run again) instead of dropping them. A file
+    of other settings or data is refused unless ``replace``."""
+    if not path.exists() or replace:
+        return []
+    earlier = read_json(path)
+    if earlier.get("config") == config and earlier.get("data") == data:
+        return earlier["rows"]
+    raise SystemExit(f"tune_users: {path} holds a sweep of other settings or data (or of before the data was "
+                     "recorded); pass --replace to overwrite it")
+
+
 def sweep_task(config: PipelineConfig, sweep: SweepConfig, task: str) -> dict[str, Any]:
     out = Path(config.workdir) / "sweep" / get_task(task).name
     pipeline = Pipeline(config, task)
+    data = file_hash(*pipeline.source_files("train"), *pipeline.source_files(config.split))
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    rows = earlier_rows(result_path(sweep, task), settings, data, sweep.replace)
     reference = pipeline.run(sweep.baselines, out / "reference")  # a baseline the task lacks gets no row
     n_queries = sum(len(pipeline.eval_split().user_questions(u)) for u in pipeline.users())
-    rows: list[dict[str, Any]] = []
 
     def run(lr: float, epochs: float, target: str, rank: int) -> None:
         if any((r["lr"], r["epochs"], r["target"], r["rank"]) == (lr, epochs, target, rank) for r in rows):
@@ -108,8 +128,13 @@ def sweep_task(config: PipelineConfig, sweep: SweepConfig, task: str) -> dict[st
         raise ValueError(f"unknown grid {sweep.grid!r}; expected staged or full")
     best = choose(task, rows, n_queries)
     return {"task": get_task(task).name, "split": config.split, "users": len(pipeline.users()),
-            "n_queries": n_queries, "reference": [{"method": r["method"], "scores": r["scores"]} for r in reference],
+            "n_queries": n_queries, "config": settings, "data": data,
+            "reference": [{"method": r["method"], "scores": r["scores"]} for r in reference],
             "rows": rows, "best": {k: best[k] for k in ("lr", "epochs", "target", "rank")}}
+
+
+def result_path(sweep: SweepConfig, task: str) -> Path:
+    return Path(sweep.out) / f"tune_users-{get_task(task).name}.json"
 
 
 def format_sweep(result: dict[str, Any]) -> str:
@@ -131,14 +156,12 @@ def main() -> None:
     config, sweep = ConfigParser([PipelineConfig, SweepConfig]).parse_args_into_dataclasses()
     if config.split == "test":
         config.split = "dev"  # never tune on test users
-    Path(sweep.out).mkdir(parents=True, exist_ok=True)
     for task in sweep.tasks:
         start = time.perf_counter()
         result = sweep_task(config, sweep, task)
         result.update(machine=machine(), wall_seconds=round(time.perf_counter() - start, 1),
-                      config=dataclasses.asdict(config), sweep=dataclasses.asdict(sweep))
-        path = Path(sweep.out) / f"tune_users-{result['task']}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+                      sweep=dataclasses.asdict(sweep))
+        write_json(result_path(sweep, task), result)
         print("\n" + format_sweep(result) + "\n", flush=True)
 
 

@@ -50,6 +50,7 @@ from .baselines import BASELINES, POOLED_USER, POOLED_VIEW_VERSION, applies, poo
 from .data import LampSplit, load_task_split, read_predictions, write_predictions, write_split
 from .io import read_json, safe_name, write_json
 from .metrics import score
+from .retrieval import RANDOM_HISTORY_VERSION
 from .stats import LEVEL, Interval, PairedBootstrap
 from .tasks import TASKS, Task, get_task
 from .tuned import TUNED_FIELDS, user_defaults
@@ -690,9 +691,11 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
     pipeline = Pipeline(config, task)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
     settings.update(base=_hashable(config.base), user=_hashable(config.user))
-    key = config_hash({"config": settings,
-                       "methods": [m.name for m in methods], "task": task.name,
-                       "data": [file_hash(*pipeline.source_files(s)) for s in ("train", config.split)]})
+    spec = {"config": settings, "methods": [m.name for m in methods], "task": task.name,
+            "data": [file_hash(*pipeline.source_files(s)) for s in ("train", config.split)]}
+    if any(m.random_history for m in methods):  # only there, so that other tasks' rows stay valid
+        spec["random_history_version"] = RANDOM_HISTORY_VERSION
+    key = config_hash(spec)
     path = out / "rows" / f"{task.name}.json"
     if path.exists():
         done = read_json(path)

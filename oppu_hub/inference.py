@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from .adapters import (
     check_setting,
     is_complete,
 )
-from .data import LampSplit, Question, item_keys, load_task_split, query_keys, write_predictions
+from .data import LampSplit, item_keys, load_task_split, query_keys, write_predictions
 from .io import safe_name
 from .metrics import score
 from .models import BaseModelConfig, load_base, model_fingerprint
@@ -194,25 +194,19 @@ class PredictConfig:
         self.task = get_task(self.task).name  # canonical, and an unknown task fails here
 
 
-def _is_query(task: Task, question: Question) -> Callable[[Mapping[str, Any]], bool]:
-    """Whether a history item is ``question`` itself (a co-authored paper in another user's history)."""
-    keys = query_keys(task, [question])
-    return lambda item: not keys.isdisjoint(item_keys(task, item))
-
-
 def build_prompts(config: PredictConfig, split: LampSplit, users: Sequence[str], tokenizer: Any
                   ) -> tuple[list[str], list[str], list[str]]:
     """(question ids, their user ids, their prompts) for ``users`` under ``config``'s method."""
     task = split.task
     builder = PromptBuilder(task, tokenizer, config.max_prompt_length)
     profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
-    randomizer = RandomHistory({u: split.user_history(u) for u in split.user_ids}, config.seed) \
-        if config.random_history else None
+    randomizer = RandomHistory({u: split.user_history(u) for u in split.user_ids}, config.seed,
+                               keys=lambda item: item_keys(task, item)) if config.random_history else None
     ids, owners, prompts = [], [], []
     for user in users:
         profile = profiles.get(user) if profiles else None
         for q in split.user_questions(user):
-            retrieved = randomizer.sample(user, config.k, q.id, _is_query(task, q)) if randomizer else None
+            retrieved = randomizer.sample(user, config.k, q.id, query_keys(task, [q])) if randomizer else None
             ids.append(q.id)
             owners.append(user)
             prompts.append(query_prompt(builder, q, q.profile, config.k, profile, retrieved))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,17 +60,24 @@ def retrieve_before(task: Task, history: Sequence[Mapping[str, Any]], index: int
     return BM25Retriever(task, earlier).retrieve(query, k)
 
 
+RANDOM_HISTORY_VERSION = 2  # 2: a query's own item in another user's history is never drawn (cached rows redone)
+
+
 class RandomHistory:
     """The "random history" baseline: ``k`` items drawn from other users' histories (seeded)."""
 
-    def __init__(self, histories: Mapping[str, Sequence[Mapping[str, Any]]], seed: int = 0) -> None:
-        self._pool = [(user, dict(item)) for user, items in histories.items() for item in items]
+    def __init__(self, histories: Mapping[str, Sequence[Mapping[str, Any]]], seed: int = 0,
+                 keys: Callable[[Mapping[str, Any]], set[str]] | None = None) -> None:
+        """``keys``: what identifies an item (:func:`oppu_hub.data.item_keys`), computed once per item, for
+        :meth:`sample`'s ``leave_out``."""
+        self._pool = [(user, dict(item), keys(item) if keys else set())
+                      for user, items in histories.items() for item in items]
         self._seed = seed
 
-    def sample(self, user_id: str, k: int, key: str = "",
-               leave_out: Callable[[Mapping[str, Any]], bool] | None = None) -> list[Retrieved]:
-        """``k`` random items of users other than ``user_id``, none for which ``leave_out`` holds (the query's own
-        item in another user's history); the same (user, key) draws the same items."""
-        others = [item for user, item in self._pool if user != user_id and not (leave_out and leave_out(item))]
+    def sample(self, user_id: str, k: int, key: str = "", leave_out: Set[str] = frozenset()) -> list[Retrieved]:
+        """``k`` random items of users other than ``user_id``, none whose keys meet ``leave_out`` (the query's own
+        item in another user's history: :func:`oppu_hub.data.query_keys`); the same (user, key) draws the same
+        items."""
+        others = [item for user, item, ids in self._pool if user != user_id and leave_out.isdisjoint(ids)]
         rng = random.Random(f"{self._seed}:{user_id}:{key}")
         return [Retrieved(item, None) for item in rng.sample(others, min(k, len(others)))]

@@ -183,6 +183,7 @@ def step_bars(monkeypatch):
         bars.append(step_bar())
         return bars[-1]
 
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # a disabled bar counts nothing
     for module in ("trainers.user", "trainers.concurrent"):
         monkeypatch.setattr(f"{module}.step_bar", recording)
     return bars
@@ -214,6 +215,24 @@ def test_interrupted_run_trains_nobody_twice(data, tiny_base, tmp_path, concurre
     assert sum(b.n for b in step_bars) == sum(b.total for b in step_bars) == full * len(report.trained)
     assert sorted(p.name for p in out.iterdir()) == ["run.json", "u5", "u6", "u7"]  # no temp or work folders
     assert json.loads((out / "run.json").read_text())["skipped"] == finished[:1]
+
+
+def test_a_user_failing_mid_run_leaves_the_step_bar_total(data, tiny_base, tmp_path, step_bars, monkeypatch):
+    from trainers.concurrent import ConcurrentLoraTrainer
+
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=2, concurrent=2)
+    save = ConcurrentLoraTrainer._save_checkpoint
+
+    def disk_full_for_u6(self, s, slot):
+        if slot.job.user_id == "u6":
+            raise OSError("disk full")
+        return save(self, s, slot)
+
+    monkeypatch.setattr(ConcurrentLoraTrainer, "_save_checkpoint", disk_full_for_u6)
+    report = train_users(config)
+    assert set(report.failed) == {"u6"} and report.trained == ["u5", "u7"]
+    [bar] = step_bars
+    assert bar.n == bar.total == 4 + 4 + 2  # u5 and u7 whole; u6 its first epoch, then its 2 other steps dropped
 
 
 KILLED_RUN = """

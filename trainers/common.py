@@ -234,8 +234,10 @@ def slots_that_fit(per_slot_bytes: int, device: torch.device, most: int) -> int:
 
 def step_bar() -> tqdm:
     """The optimizer-step bar under a run's user bar: a long user (a pooled adapter: minutes per user) shows
-    progress and an ETA. Trainers grow its ``total`` as users start; ``TQDM_DISABLE=1`` hides it (Ray workers)."""
-    return tqdm(total=0, unit="step", desc="steps", leave=False, dynamic_ncols=True)
+    progress and an ETA. Trainers grow its ``total`` as users start. ``TQDM_DISABLE=1`` when it is made hides it
+    (Ray workers set it; tqdm itself reads it only at import)."""
+    return tqdm(total=0, unit="step", desc="steps", leave=False, dynamic_ncols=True,
+                disable=os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
 
 
 def set_threads() -> None:

@@ -71,6 +71,7 @@ from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.profiler import record_function
+from tqdm.auto import tqdm
 from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
@@ -469,8 +470,9 @@ class ConcurrentLoraTrainer:
                 p.requires_grad_(g)
             self.model.train(was_training)
 
-    def _loop(self, jobs: Iterator[UserJob], on_result: Callable[[UserResult], None], bar: Any) -> None:
-        """The step loop; ``bar`` counts every user's optimizer steps (a resumed user's checkpointed ones as done)."""
+    def _loop(self, jobs: Iterator[UserJob], on_result: Callable[[UserResult], None], bar: tqdm) -> None:
+        """The step loop; ``bar`` counts every user's optimizer steps (a resumed user's checkpointed ones as done;
+        a failed user's remaining ones leave its total)."""
         slots: list[_Slot | None] = [None] * self.slots
         cfg = self.config
         while True:
@@ -483,6 +485,7 @@ class ConcurrentLoraTrainer:
                         continue
                     bar.total += len(slots[s].plan)
                     bar.update(slots[s].step)
+                    bar.refresh()
             live = [s for s in range(self.slots) if slots[s] is not None]
             if not live:
                 return
@@ -505,6 +508,7 @@ class ConcurrentLoraTrainer:
                 for p in self._params():
                     p.grad = None
                 for s in live:
+                    _drop_remaining(bar, slots[s])
                     on_result(slots[s].result(e))
                     slots[s] = None
                 continue
@@ -525,6 +529,7 @@ class ConcurrentLoraTrainer:
                         self._save_checkpoint(s, slot)
                 except Exception as e:  # noqa: BLE001 - recorded as this user's failure
                     slots[s] = None
+                    _drop_remaining(bar, slot)
                     on_result(slot.result(e))
                     continue
                 if done:
@@ -552,6 +557,12 @@ class ConcurrentLoraTrainer:
             peft_config.save_pretrained(tmp)
             save_file(self.adapter_state(s), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             record.save(tmp)
+
+
+def _drop_remaining(bar: tqdm, slot: _Slot) -> None:
+    """Take a failed user's steps that will not run out of ``bar``'s total."""
+    bar.total -= len(slot.plan) - slot.step
+    bar.refresh()
 
 
 # ---------------------------------------------------------------------------------------------- entry point

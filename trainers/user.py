@@ -162,13 +162,13 @@ def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint
 
 class UserAdapterTrainer(SFTTrainer):
     """``SFTTrainer`` for one user's adapter; saves a standard PEFT folder plus ``oppu.json`` atomically.
-    Per-step log printing is off: a multi-user run shows its bar over users and this user's :class:`StepBar`."""
+    Per-step log printing is off: a multi-user run shows its bar over users and (:func:`train_job`) this user's
+    :class:`StepBar`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)
         self.add_callback(OwnerOnlyCheckpoints())
-        self.add_callback(StepBar())
 
     def save_adapter(self, folder: str | Path, record: AdapterRecord, *, overwrite: bool = False) -> Path:
         with atomic_dir(folder, overwrite=overwrite, mode=0o700) as tmp:
@@ -185,17 +185,20 @@ class OwnerOnlyCheckpoints(TrainerCallback):
 
 
 class StepBar(TrainerCallback):
-    """This user's optimizer steps on :func:`trainers.common.step_bar` (a resumed run starts at its checkpoint)."""
+    """This user's optimizer steps on :func:`trainers.common.step_bar`. A resumed run's bar jumps to its checkpoint
+    at the first step (the Trainer loads the checkpoint's state after ``on_train_begin``)."""
+
+    def __init__(self) -> None:
+        self.bar = step_bar()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.bar = step_bar()
         self.bar.total = state.max_steps
         self.bar.refresh()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.bar.update(state.global_step - self.bar.n)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def close(self) -> None:
         self.bar.close()
 
 
@@ -210,10 +213,11 @@ def train_job(config: UserAdapterConfig, model: Any, tokenizer: Any, job: UserJo
     else:
         peft_model = get_peft_model(model, config.peft_config())
     work_dir = private_dir(job.work_dir)
+    steps = StepBar()
     try:
         trainer = UserAdapterTrainer(
             model=peft_model, args=sft_config(config, work_dir, len(dataset), disable_tqdm=True, logging_steps=1),
-            train_dataset=dataset, processing_class=tokenizer)
+            train_dataset=dataset, processing_class=tokenizer, callbacks=[steps])
         checkpoint = last_checkpoint(work_dir)
         trainer.train(resume_from_checkpoint=checkpoint)
         # The mean of every step's loss (logged each step; a resumed run's log starts with the checkpoint's):
@@ -223,6 +227,7 @@ def train_job(config: UserAdapterConfig, model: Any, tokenizer: Any, job: UserJo
         trainer.save_adapter(job.folder, record, overwrite=job.init is not None)
         resumed_at = int(Path(checkpoint).name.rpartition("-")[2]) if checkpoint else 0
     finally:
+        steps.close()
         _unload(peft_model)
     shutil.rmtree(work_dir, ignore_errors=True)
     return trainer.state.global_step - resumed_at

@@ -23,8 +23,8 @@ class UserAdapterDefaults:
 
 
 # Dev sweeps (2026-12-01, bench/results/tune_users-{task}.json): the cheapest setting within one dev query of the
-# best (equal cost: the best scoring). LaMP-2N: the staged grid. LaMP-1 and 7: a staged grid at the low rates
-# (1e-4, 3e-4). LaMP-4 and 5: only lr at 2 epochs, q/v, r=16.
+# best (equal cost: the best scoring). LaMP-2N and 4: the staged grid. LaMP-1 and 7: a staged grid at the low rates
+# (1e-4, 3e-4). LaMP-5: lr at 2 epochs, then epochs and targets x r at 3e-4.
 # LaMP-2M and LaMP-3 have 1 and 2 dev users, too few to tune on, and take LaMP-2N's values.
 TUNED: dict[str, UserAdapterDefaults] = {
     "LaMP-2N": UserAdapterDefaults(learning_rate=3e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
@@ -36,7 +36,7 @@ TUNED: dict[str, UserAdapterDefaults] = {
     "LaMP-4": UserAdapterDefaults(learning_rate=3e-3, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
                                   lora_r=16),
     "LaMP-5": UserAdapterDefaults(learning_rate=3e-4, num_train_epochs=2.0, target_modules=("q_proj", "v_proj"),
-                                  lora_r=16),
+                                  lora_r=8),
 }
 FALLBACK = TUNED["LaMP-2N"]
 TUNED_FIELDS = tuple(f.name for f in fields(UserAdapterDefaults))  # the settings swept per task

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from oppu_hub.cli import ConfigParser
-from oppu_hub.evaluation import Pipeline, PipelineConfig, file_hash, machine
+from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
 from oppu_hub.io import read_json, write_json
 from oppu_hub.tasks import get_task
 
@@ -87,7 +87,7 @@ def run_setting(config: PipelineConfig, task: str, out: Path, **setting: Any) ->
             "predictions": row["predictions"]}
 
 
-def earlier_rows(path: Path, config: dict[str, Any], data: str, replace: bool = False) -> list[dict[str, Any]]:
+def earlier_rows(path: Path, config: dict[str, Any], data: list[str], replace: bool = False) -> list[dict[str, Any]]:
     """The rows of the sweep already in ``path`` when it ran with the same pipeline ``config`` on the same
     ``data``: a sweep extends it (they count in the choice and are not run again) instead of dropping them. A file
     of other settings or data is refused unless ``replace``."""
@@ -103,7 +103,7 @@ def earlier_rows(path: Path, config: dict[str, Any], data: str, replace: bool = 
 def sweep_task(config: PipelineConfig, sweep: SweepConfig, task: str) -> dict[str, Any]:
     out = Path(config.workdir) / "sweep" / get_task(task).name
     pipeline = Pipeline(config, task)
-    data = file_hash(*pipeline.source_files("train"), *pipeline.source_files(config.split))
+    data = pipeline.source_hashes()
     settings = json.loads(json.dumps(dataclasses.asdict(config)))
     rows = earlier_rows(result_path(sweep, task), settings, data, sweep.replace)
     reference = pipeline.run(sweep.baselines, out / "reference")  # a baseline the task lacks gets no row

@@ -277,14 +277,19 @@ class Pipeline:
         folder = Path(self.config.data_dir) / self.task.name
         return folder / f"{split}_questions.json", folder / f"{split}_outputs.json"
 
+    def source_hashes(self) -> list[str]:
+        """The hashes of the train split's and the evaluated split's files: the data a result depends on."""
+        return [file_hash(*self.source_files(s)) for s in ("train", self.config.split)]
+
     def data_view(self) -> Path:
         """A data folder with the (capped) training users and the (filtered) evaluated split, written once under
         a name derived from its inputs."""
         if self._view is not None:
             return self._view
         c = self.config
-        key = config_hash({"train": file_hash(*self.source_files("train")), "eval": file_hash(*self.source_files(
-            c.split)), "train_users": c.train_users, "split": c.split, "history": self.history_tag})
+        train, evaluated = self.source_hashes()
+        key = config_hash({"train": train, "eval": evaluated, "train_users": c.train_users, "split": c.split,
+                           "history": self.history_tag})
         view = self.work / "views" / self.task.name / key
         if not (view / self.task.name / f"{c.split}_outputs.json").exists():  # the last file written
             train = load_task_split(c.data_dir, self.task, "train")
@@ -692,7 +697,7 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
     settings.update(base=_hashable(config.base), user=_hashable(config.user))
     spec = {"config": settings, "methods": [m.name for m in methods], "task": task.name,
-            "data": [file_hash(*pipeline.source_files(s)) for s in ("train", config.split)]}
+            "data": pipeline.source_hashes()}
     if any(m.random_history for m in methods):  # only there, so that other tasks' rows stay valid
         spec["random_history_version"] = RANDOM_HISTORY_VERSION
     key = config_hash(spec)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The full-size leaderboard (`make eval`, docs/eval.md): the rebuilt LaMP tasks with 3 queries per user, up to 40
-# test users per task (all of LaMP-2M and LaMP-3), the label-prior / BM25-copy / pooled-adapter baselines beside
-# np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap intervals over users.
+# The full-size leaderboard (`make eval`, docs/eval.md) under the paper protocol (oppu_hub/protocol.py: bases on
+# every training user's examples for their dev-chosen epochs, adapters on users' whole histories up to the cap):
+# the rebuilt LaMP tasks with 3 queries per user, up to 40 test users per task (all of LaMP-2M and LaMP-3), the
+# label-prior / BM25-copy / pooled-adapter baselines beside np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap
+# intervals over users. The settings are the eval's defaults: nothing here re-declares them.
 # The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
 # a task whose rows in $OUT/rows/ match the settings, the data and the bases/adapters those settings name is not
 # run again (a fresh clone, without $WORK, reuses the committed rows of every task whose data it rebuilds byte for
-# byte; a changed setting or tuned default re-runs the tasks it touches). Extra flags are passed on, e.g.
+# byte; a changed setting or dev choice re-runs the tasks it touches). bench/protocol_run.sh makes the dev choices
+# first. Extra flags are passed on, e.g.
 #   TASKS="LaMP-2N LaMP-3" bench/eval_full.sh --users 20
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -17,5 +20,4 @@ TASKS=${TASKS:-LaMP-2N LaMP-2M LaMP-3 LaMP-7 LaMP-4 LaMP-1 LaMP-5}
 "$BIN/oppu-hub" data build --source_dir "$SOURCE" --out_dir "$WORK/data" --queries_per_user 3
 # shellcheck disable=SC2086  # TASKS is a list
 exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT" --tasks $TASKS \
-  --methods majority user-majority bm25-copy np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 \
-  --users 40 --base.max_examples 128 --base.num_train_epochs 1 --user.max_history 16 "$@"
+  --methods majority user-majority bm25-copy np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 --users 40 "$@"

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, TypeVar
 from trainers import BaseTaskConfig, UserAdapterConfig, train_base, train_users
 from trainers.base import BASE_RECORD
 
+from . import protocol
 from .adapters import is_complete
 from .baselines import BASELINES, POOLED_USER, POOLED_VIEW_VERSION, applies, pooled_split, predict_baseline
 from .data import LampSplit, load_task_split, read_predictions, write_predictions, write_split
@@ -154,17 +155,21 @@ TUNED_SETTINGS = (*TUNED_FIELDS, "lora_alpha")
 
 
 def base_field(**settings: Any) -> Any:
-    """A pipeline config's ``base`` field: a :class:`~trainers.base.BaseTaskConfig` with the pipeline's defaults
-    (64 examples, 1 epoch, batch 4) and ``settings``."""
-    defaults = {"max_examples": 64, "num_train_epochs": 1.0, "per_device_train_batch_size": 4, **settings}
+    """A pipeline config's ``base`` field: a :class:`~trainers.base.BaseTaskConfig` with the protocol's settings
+    (:mod:`oppu_hub.protocol`: example cap, batch, learning rate; epochs unset: the task's dev choice) and
+    ``settings``."""
+    defaults = {"max_examples": protocol.BASE_MAX_EXAMPLES, "num_train_epochs": None,
+                "per_device_train_batch_size": protocol.BASE_BATCH_SIZE,
+                "learning_rate": protocol.BASE_LEARNING_RATE, **settings}
     return field(default_factory=lambda: BaseTaskConfig(**defaults), metadata={
-        "help": "task adaptation of the base (trainers.base.BaseTaskConfig)", "no_flags": BASE_FILLED})
+        "help": "task adaptation of the base (trainers.base.BaseTaskConfig)", "no_flags": BASE_FILLED,
+        "unset": {"num_train_epochs": "the task's dev-chosen epochs, oppu_hub/protocol.json"}})
 
 
 def user_field(**settings: Any) -> Any:
-    """A pipeline config's ``user`` field: a :class:`~trainers.user.UserAdapterConfig` with 16 history items, the
-    :data:`TUNED_SETTINGS` unset, and ``settings``."""
-    defaults = {**dict.fromkeys(TUNED_SETTINGS), "max_history": 16, **settings}
+    """A pipeline config's ``user`` field: a :class:`~trainers.user.UserAdapterConfig` with the protocol's history
+    cap (:data:`oppu_hub.protocol.USER_MAX_HISTORY`), the :data:`TUNED_SETTINGS` unset, and ``settings``."""
+    defaults = {**dict.fromkeys(TUNED_SETTINGS), "max_history": protocol.USER_MAX_HISTORY, **settings}
     return field(default_factory=lambda: UserAdapterConfig(**defaults), metadata={
         "help": "the per-user adapters (trainers.user.UserAdapterConfig)", "no_flags": USER_FILLED,
         "unset": {**dict.fromkeys(TUNED_FIELDS, "the task's dev-tuned value, oppu_hub/tuned.py"),
@@ -206,7 +211,7 @@ class PipelineConfig:
     train_users: int | None = field(default=None, metadata={"help": "training users for task adaptation"})
     base: BaseTaskConfig = base_field()
     user: UserAdapterConfig = user_field()
-    predict_batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    predict_batch_size: int = field(default=32, metadata={"help": "prompts per generate call"})
     profile_items: int = field(default=8, metadata={"help": "history items shown to the profile writer"})
     profile_tokens: int = field(default=80, metadata={"help": "profile length in tokens"})
 
@@ -363,7 +368,8 @@ class Pipeline:
         whose hash names its folder (``output_dir``: ``{workdir}/base/{hash}``): the config, the training data and
         (PAG) the training users' profiles. Nothing is trained."""
         if (k, profile) not in self._bases:
-            cfg = self._fill(self.config.base, k, profile)
+            epochs = self.config.base.num_train_epochs or protocol.base_epochs(self.task.name)
+            cfg = self._fill(self.config.base, k, profile, num_train_epochs=epochs)
             view = self.data_view() / self.task.name
             profiles = None
             if profile:
@@ -675,7 +681,7 @@ def machine() -> str:
     from trainers.common import bf16_available
 
     if torch.cuda.is_available():
-        device = f"GPU {torch.cuda.get_device_name(0)}"
+        device = f"GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     else:
         cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
@@ -688,8 +694,9 @@ _TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed"}
 
 
 def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
-              ) -> tuple[list[dict[str, Any]], float]:
-    """One task's result rows and the seconds computing them took: reused from ``{out}/rows/{task}.json`` when
+              ) -> tuple[list[dict[str, Any]], float, str]:
+    """One task's result rows, the seconds computing them took and the :func:`machine` that computed them (tasks of
+    one table may come from several machines): reused from ``{out}/rows/{task}.json`` when
     that was written by a finished run with the same settings, methods and data and its bases and adapters are
     still the ones these settings name (so a long leaderboard resumes task by task, a final all-task call only
     rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded."""
@@ -705,12 +712,12 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
     if path.exists():
         done = read_json(path)
         if done.get("key") == key and all(_still_valid(pipeline, r) for r in done["rows"]):
-            return done["rows"], done.get("seconds", 0.0)
+            return done["rows"], done.get("seconds", 0.0), done.get("machine", "not recorded")
     start = time.perf_counter()
     rows = pipeline.run(methods, out / "predictions")
     seconds = round(time.perf_counter() - start, 1)
-    write_json(path, {"key": key, "rows": rows, "seconds": seconds})
-    return rows, seconds
+    write_json(path, {"key": key, "rows": rows, "seconds": seconds, "machine": machine()})
+    return rows, seconds, machine()
 
 
 def _still_valid(pipeline: Pipeline, row: dict[str, Any]) -> bool:
@@ -733,13 +740,14 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
     out = Path(config.out_dir or Path(config.workdir) / "results")
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
+    machines: dict[str, str] = {}
     for task in tasks:
-        finished, seconds[task.name] = task_rows(config, task, methods, out)
+        finished, seconds[task.name], machines[task.name] = task_rows(config, task, methods, out)
         rows += finished
         print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
         table = build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed)
         meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                "task_seconds": seconds, "wall_seconds": round(sum(seconds.values()), 1),
+                "task_machines": machines, "task_seconds": seconds, "wall_seconds": round(sum(seconds.values()), 1),
                 "config": dataclasses.asdict(config), "results": rows}
         paths = write_table(table, out, meta=meta)
     return table, paths, rows

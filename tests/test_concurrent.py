@@ -6,6 +6,7 @@ test_trainers.py."""
 import dataclasses
 import json
 import re
+import traceback
 
 import pytest
 import torch
@@ -248,3 +249,20 @@ def test_lr_schedule_matches_transformers():
             assert abs(opt.param_groups[0]["lr"] - lr_factor(step, total)) < 1e-9
             opt.step()
             sched.step()
+
+
+def test_a_step_creates_no_tensor_off_the_model_device(data, tiny_base, tok, tmp_path):
+    """The CUDA guard, run on CPU: with the model on ``meta`` every tensor the step makes on the host instead of
+    the model's device fails as ``cuda:0 and cpu`` did on a GPU. Each user fails only where the loop finally
+    copies its losses out to the host (meta tensors hold no values), i.e. after a whole forward, backward and
+    AdamW step ran on the device."""
+    config = user_config(data, tiny_base, tmp_path, num_train_epochs=1)
+    model_config = AutoModelForCausalLM.from_pretrained(tiny_base).config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, attn_implementation="eager")
+    results = train_lora_users(config, config.peft_config(), model, tok, jobs_for(config, data, tok, tmp_path / "run"),
+                               slots=2)
+    assert len(results) == 3 and all(r.error is not None for r in results)
+    for r in results:
+        frames = [f.name for f in traceback.extract_tb(r.error.__traceback__)]
+        assert "Cannot copy out of meta tensor" in str(r.error) and frames == ["_loop"], (r.error, frames)

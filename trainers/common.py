@@ -201,6 +201,14 @@ def final_loss(log_history: list[dict[str, Any]]) -> float | None:
 
 
 MAX_AUTO_SLOTS = 8  # users trained together when ``concurrent`` is 0 (auto) and memory allows
+MAX_AUTO_SLOTS_CUDA = 64  # the same on a GPU, where a step's cost barely grows with its rows
+MAX_BATCH_TOKENS = {"cuda": 16384}  # padded tokens per concurrent micro-batch by device type; 2048 elsewhere
+
+
+def auto_slots() -> int:
+    """Users trained together when ``concurrent`` is 0: :data:`MAX_AUTO_SLOTS`, or :data:`MAX_AUTO_SLOTS_CUDA` on a
+    GPU (memory permitting: :func:`slots_that_fit`)."""
+    return MAX_AUTO_SLOTS_CUDA if torch.cuda.is_available() else MAX_AUTO_SLOTS
 
 
 def check_training(config: TrainingConfig) -> None:
@@ -241,7 +249,10 @@ def step_bar() -> tqdm:
 
 
 def set_threads() -> None:
-    """Use every core for intra-op work (torch defaults to fewer on some containers)."""
+    """Use every core for intra-op work (torch defaults to fewer on some containers), unless ``OMP_NUM_THREADS``
+    says how many (several processes sharing a machine)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
     n = os.cpu_count() or 1
     if torch.get_num_threads() < n:
         torch.set_num_threads(n)

@@ -76,7 +76,16 @@ from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
 
-from .common import TrainingConfig, bf16_available, lr_factor, max_length, optimizer_steps, slots_that_fit, step_bar
+from .common import (
+    MAX_BATCH_TOKENS,
+    TrainingConfig,
+    bf16_available,
+    lr_factor,
+    max_length,
+    optimizer_steps,
+    slots_that_fit,
+    step_bar,
+)
 from .user import UserJob
 
 logger = logging.getLogger(__name__)
@@ -220,7 +229,7 @@ class ConcurrentLoraTrainer:
     """
 
     def __init__(self, config: TrainingConfig, peft_config: Any, model: nn.Module, tokenizer: Any, slots: int,
-                 max_batch_tokens: int = 2048) -> None:
+                 max_batch_tokens: int | None = None) -> None:
         if getattr(peft_config, "peft_type", None) is None or str(peft_config.peft_type).split(".")[-1] != "LORA":
             raise ValueError("concurrent training supports LoRA adapters only")
         if getattr(peft_config, "use_rslora", False) or getattr(peft_config, "use_dora", False):
@@ -230,10 +239,10 @@ class ConcurrentLoraTrainer:
         self.model = model
         self.tokenizer = tokenizer
         self.slots = max(1, int(slots))
-        self.max_batch_tokens = max_batch_tokens
+        self.device = next(model.parameters()).device
+        self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS.get(self.device.type, 2048)
         self.max_length = max_length(config)
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
-        self.device = next(model.parameters()).device
         self.route = _Route()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -373,7 +382,8 @@ class ConcurrentLoraTrainer:
         """AdamW (as ``torch.optim.AdamW``) with per-slot clipping, step count and learning rate; only ``active``
         slots change."""
         params = self._params()
-        sq = torch.zeros(self.slots, dtype=torch.float64)
+        active, lrs = active.to(self.device), lrs.to(self.device)  # built on the host by the loop
+        sq = torch.zeros(self.slots, dtype=torch.float64, device=self.device)
         for p in params:
             if p.grad is not None:
                 sq += p.grad.double().pow(2).flatten(1).sum(1)
@@ -404,7 +414,7 @@ class ConcurrentLoraTrainer:
 
     def _forward_backward(self, batch: list[tuple[int, Row, float]]) -> tuple[torch.Tensor, int]:
         """One step's rows ``(slot, row, weight)``: micro-batches of similar length; per-slot summed losses."""
-        loss_sums = torch.zeros(self.slots)
+        loss_sums = torch.zeros(self.slots, device=self.device)
         decoder = getattr(self.model, self.model.base_model_prefix)
         head = self.model.get_output_embeddings()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -430,21 +440,22 @@ class ConcurrentLoraTrainer:
                     mask[j, :len(r.input_ids)] = 1
             tokens += int(mask.sum())
             self.padded_tokens += ids.numel()
-            slots = torch.tensor([s for s, _, _ in rows], device=self.device)
+            row_slots = torch.tensor([s for s, _, _ in rows])  # host copy: indexes host tensors below
             weights = torch.tensor([w for _, _, w in rows])
+            slots = row_slots.to(self.device)
             self.route.slots = slots
             with record_function("oppu.forward"), autocast:
                 hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
                 target = labels[:, 1:]
                 keep = target != IGNORE
-                logits = head(hidden[:, :-1][keep.to(self.device)])  # the LM head only where there is a loss
+                row_of, col_of = keep.nonzero(as_tuple=True)  # on the host: no device sync for a boolean index
+                logits = head(hidden[row_of.to(self.device), col_of.to(self.device)])  # LM head only at labels
             with record_function("oppu.loss"):
                 nll = F.cross_entropy(logits.float(), target[keep].to(self.device), reduction="none")
-                row_of = keep.nonzero()[:, 0]
-                tok_weight = (weights / self.counts[slots.cpu()])[row_of].to(nll.device)
+                tok_weight = (weights / self.counts[row_slots])[row_of].to(nll.device)
             with record_function("oppu.backward"):
                 (nll * tok_weight).sum().backward()
-            loss_sums.index_add_(0, slots.cpu()[row_of], nll.detach().float().cpu())
+            loss_sums.index_add_(0, row_slots[row_of].to(self.device), nll.detach().float())
         self.route.slots = None
         return loss_sums, tokens
 
@@ -462,7 +473,7 @@ class ConcurrentLoraTrainer:
             with self._wrapped():
                 params = self._params()
                 self.state = {p: {"m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in params}
-                self.steps = torch.zeros(self.slots, dtype=torch.long)
+                self.steps = torch.zeros(self.slots, dtype=torch.long, device=self.device)
                 with contextlib.closing(step_bar()) as bar:
                     self._loop(iter(jobs), on_result, bar)
         finally:
@@ -504,6 +515,7 @@ class ConcurrentLoraTrainer:
                 loss_sums, tokens = self._forward_backward(batch)
                 with record_function("oppu.optimizer"):
                     self._optimizer_step(active, lrs)
+                loss_sums = loss_sums.cpu()  # the step's one device-to-host copy
             except Exception as e:  # noqa: BLE001 - a failing step fails the users in it, not the run
                 for p in self._params():
                     p.grad = None
@@ -543,8 +555,8 @@ class ConcurrentLoraTrainer:
         """Slot ``s``'s LoRA weights under the key names peft saves (``base_model.model.{module}.lora_A.weight``)."""
         state = {}
         for name, layer in self.layers.items():
-            state[f"base_model.model.{name}.lora_A.weight"] = layer.A[s].detach().clone().contiguous()
-            state[f"base_model.model.{name}.lora_B.weight"] = layer.B[s].detach().clone().contiguous()
+            state[f"base_model.model.{name}.lora_A.weight"] = layer.A[s].detach().to("cpu", copy=True).contiguous()
+            state[f"base_model.model.{name}.lora_B.weight"] = layer.B[s].detach().to("cpu", copy=True).contiguous()
         return state
 
     def _save(self, s: int, slot: _Slot) -> None:
@@ -570,7 +582,7 @@ def _drop_remaining(bar: tqdm, slot: _Slot) -> None:
 
 def train_lora_users(config: TrainingConfig, peft_config: Any, model: nn.Module, tokenizer: Any,
                      jobs: Iterable[UserJob], slots: int, on_result: Callable[[UserResult], None] | None = None,
-                     max_batch_tokens: int = 2048) -> list[UserResult]:
+                     max_batch_tokens: int | None = None) -> list[UserResult]:
     """Train the LoRA adapters of ``jobs``, ``slots`` users at a time, on the frozen ``model``; returns the
     results in finishing order. ``slots=1`` is the single-user reference ("alone")."""
     results: list[UserResult] = []

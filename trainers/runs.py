@@ -36,7 +36,7 @@ from oppu_hub.profiles import ProfileStore
 from oppu_hub.prompts import PromptBuilder
 
 from .base import check_base_record
-from .common import MAX_AUTO_SLOTS, check_training, set_threads
+from .common import MAX_AUTO_SLOTS, auto_slots, check_training, set_threads
 from .concurrent import ConcurrentLoraTrainer, UserResult
 from .user import UserAdapterConfig, UserJob, plan_job, train_job
 
@@ -194,9 +194,9 @@ class ConcurrentExecutor(LocalExecutor):
 
 def local_executor(config: UserAdapterConfig) -> LocalExecutor:
     """The executor ``config.concurrent`` asks for: LoRA users together (0: as many as fit, at most
-    :data:`~trainers.common.MAX_AUTO_SLOTS`; N: N at a time), one by one for ``1`` and for other PEFT types."""
+    :func:`~trainers.common.auto_slots`; N: N at a time), one by one for ``1`` and for other PEFT types."""
     if config.peft_type == "LORA" and config.concurrent != 1:
-        return ConcurrentExecutor(config.concurrent or MAX_AUTO_SLOTS)
+        return ConcurrentExecutor(config.concurrent or auto_slots())
     return SequentialExecutor()
 
 

@@ -1,0 +1,140 @@
+"""Choose the protocol's per-task settings on **dev** users (never test users) and record them
+(:mod:`oppu_hub.protocol`; docs/tuning.md).
+
+1. **Base epochs.** The base is task-adapted on every training user's examples (the protocol's cap, batch and
+   learning rate) for 1, 2, ... epochs, ``np-k0`` scored on all dev users after each; the curve stops where the
+   score stops improving (:func:`oppu_hub.protocol.choose_epochs`), at most ``BASE_MAX_EPOCHS``.
+2. **User adapters**, on that base, at the protocol's history cap: ``oppu-k0`` for each learning rate at the
+   task's current epochs, then the other epochs at the best rate; the setting chosen as ``tune_users`` chooses
+   (:func:`tune_users.choose`: the cheapest within one dev query of the best).
+
+Every run is a full eval-pipeline run on the dev split (content-addressed: an interrupted selection resumes and the
+chosen base is the very folder the leaderboard later uses). Writes ``bench/results/protocol_dev-{task}.json``
+(curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``.
+
+    .venv/bin/python bench/protocol_dev.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/eval
+
+Tasks with fewer than ``MIN_DEV_USERS`` dev users are skipped, saying so: they take the fallback task's choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune_users import TARGETS, choose, run_setting
+
+from oppu_hub import protocol
+from oppu_hub.cli import ConfigParser
+from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
+from oppu_hub.io import write_json
+from oppu_hub.tasks import get_task
+from oppu_hub.tuned import user_defaults
+
+
+@dataclass
+class SelectionConfig:
+    """What to choose. Args: tasks; max_epochs: the longest base curve; lrs / user_epochs: the user sweep;
+    out: where the JSONs go; record: write the choice into oppu_hub/protocol.json."""
+
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to choose for"})
+    max_epochs: int = field(default=protocol.BASE_MAX_EPOCHS, metadata={"help": "longest base curve (epochs)"})
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3],
+                             metadata={"help": "user learning rates"})
+    user_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0], metadata={"help": "user epochs"})
+    out: str = field(default="bench/results", metadata={"help": "folder of protocol_dev-{task}.json"})
+    record: bool = field(default=True, metadata={"help": "record the choice in oppu_hub/protocol.json"})
+
+
+def metric_of(task: str, row: dict[str, Any]) -> float:
+    return row["scores"][get_task(task).metric_names[0]]
+
+
+def base_curve(config: PipelineConfig, task: str, max_epochs: int, out: Path) -> list[dict[str, Any]]:
+    """``np-k0`` on dev after 1, 2, ... epochs of task adaptation, until it stops improving."""
+    higher = get_task(task).higher_is_better
+    curve: list[dict[str, Any]] = []
+    for epochs in range(1, max_epochs + 1):
+        cfg = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
+        start = time.perf_counter()
+        [row] = Pipeline(cfg, task).run(["np-k0"], out / f"base-{epochs}ep")
+        curve.append({"epochs": epochs, "scores": row["scores"], "base": row["base"],
+                      "seconds": round(time.perf_counter() - start, 1)})
+        print(f"{task} base {epochs} ep: {curve[-1]['scores']}", flush=True)
+        scores = [metric_of(task, r) for r in curve]
+        if protocol.choose_epochs(scores, higher) < epochs:
+            break
+    return curve
+
+
+def user_sweep(config: PipelineConfig, task: str, lrs: list[float], epochs: list[float], out: Path
+               ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """``oppu-k0`` on dev per learning rate at the task's current epochs, then the other epochs at the best rate;
+    returns the rows, the chosen one and the number of dev queries."""
+    tuned = user_defaults(task)
+    target = next(name for name, modules in TARGETS.items() if tuple(modules) == tuned.target_modules)
+    pipeline = Pipeline(config, task)
+    n_queries = sum(len(pipeline.eval_split().user_questions(u)) for u in pipeline.users())
+    rows: list[dict[str, Any]] = []
+
+    def run(lr: float, ep: float) -> None:
+        if any((r["lr"], r["epochs"]) == (lr, ep) for r in rows):
+            return
+        rows.append(run_setting(config, task, out, lr=lr, epochs=ep, target=target, rank=tuned.lora_r))
+        print(f"{task} user lr {lr:g}, {ep:g} ep: {rows[-1]['scores']}", flush=True)
+
+    for lr in lrs:
+        run(lr, tuned.num_train_epochs)
+    best_lr = choose(task, rows, n_queries)["lr"]
+    for ep in epochs:
+        run(best_lr, ep)
+    return rows, choose(task, rows, n_queries), n_queries
+
+
+def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dict[str, Any] | None:
+    """Both stages for ``task``; returns the record written to ``protocol_dev-{task}.json`` (``None`` for a task
+    with too few dev users, which takes the fallback task's choices)."""
+    name = get_task(task).name
+    pipeline = Pipeline(config, name)
+    dev_users = len(pipeline.users())
+    if dev_users < protocol.MIN_DEV_USERS:
+        print(f"{name}: {dev_users} dev users, fewer than {protocol.MIN_DEV_USERS}: nothing chosen, it takes "
+              f"{protocol.FALLBACK_TASK}'s choices", flush=True)
+        return None
+    out = Path(config.workdir) / "protocol_dev" / name
+    start = time.perf_counter()
+    curve = base_curve(config, name, selection.max_epochs, out)
+    higher = get_task(name).higher_is_better
+    epochs = protocol.choose_epochs([metric_of(name, r) for r in curve], higher)
+    on_base = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
+    rows, best, n_queries = user_sweep(on_base, name, selection.lrs, selection.user_epochs, out)
+    tuned = user_defaults(name)
+    user = {"learning_rate": best["lr"], "num_train_epochs": best["epochs"],
+            "target_modules": list(tuned.target_modules), "lora_r": best["rank"]}
+    result = {"task": name, "split": config.split, "users": dev_users, "n_queries": n_queries,
+              "config": dataclasses.asdict(config), "data": pipeline.source_hashes(),
+              "base_curve": curve, "base_epochs": epochs, "user_rows": rows, "user": user,
+              "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1)}
+    write_json(Path(selection.out) / f"protocol_dev-{name}.json", result)
+    if selection.record:
+        protocol.record_choice(name, {"base_epochs": float(epochs), "user": user,
+                                      "source": f"bench/results/protocol_dev-{name}.json"})
+    return result
+
+
+def main() -> None:
+    config, selection = ConfigParser([PipelineConfig, SelectionConfig]).parse_args_into_dataclasses()
+    config.split = "dev"  # never choose on test users
+    config.users = 0  # every dev user
+    for task in selection.tasks:
+        result = select(config, selection, task)
+        if result is not None:
+                print(f"{result['task']}: base {result['base_epochs']} epochs, user {result['user']} "
+                  f"({result['wall_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

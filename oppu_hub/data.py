@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import read_json, write_json
+from .io import TargetExistsError, read_json, write_json
 from .tasks import TASKS, Task, get_task
 
 SPLITS = ("train", "dev", "test")
@@ -179,15 +179,23 @@ def load_split(
 
 
 def _check_gold(task: Task, q: Question, path: str | Path | None) -> None:
-    """A classification gold must be one of the task's labels, a rating gold a number."""
+    """A classification gold must be one of the task's labels, a rating gold a rating (:func:`is_rating`)."""
     if task.kind == "classification" and q.gold not in task.labels:
         raise LampDataError(f"{path}: gold {q.gold!r} of question {q.id!r} is not a {task.name} label "
                             f"({', '.join(task.labels)})")
-    if task.kind == "rating":
-        try:
-            float(q.gold or "")
-        except ValueError:
-            raise LampDataError(f"{path}: gold {q.gold!r} of question {q.id!r} is not a rating") from None
+    if task.kind == "rating" and not is_rating(task, q.gold):
+        raise LampDataError(f"{path}: gold {q.gold!r} of question {q.id!r} is not a rating "
+                            f"from {task.labels[0]} to {task.labels[-1]}")
+
+
+def is_rating(task: Task, value: Any) -> bool:
+    """Whether ``value`` reads as a finite number within the rating task's scale (LaMP-3: 1 to 5); ``nan``,
+    ``inf`` and out-of-scale scores are not ratings."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return float(task.labels[0]) <= number <= float(task.labels[-1])  # False for nan, inf and -inf
 
 
 def load_task_split(data_dir: str | Path, task: str | Task, split: str) -> LampSplit:
@@ -196,13 +204,31 @@ def load_task_split(data_dir: str | Path, task: str | Task, split: str) -> LampS
     task = get_task(task)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    folder = Path(data_dir) / task.name
-    qpath = folder / f"{split}_questions.json"
+    qpath, opath = split_files(data_dir, task, split)
     if not qpath.exists():
         raise FileNotFoundError(f"{qpath} not found: build the data first (oppu-hub data build) or point "
                                 f"--data-dir at LaMP-format files")
-    opath = folder / f"{split}_outputs.json"
     return load_split(qpath, opath if opath.exists() else None, task)
+
+
+def split_files(data_dir: str | Path, task: Task, split: str) -> tuple[Path, Path]:
+    """Where a split of ``task`` lives in ``data_dir``: ``{task}/{split}_questions.json`` and ``_outputs.json``."""
+    folder = Path(data_dir) / task.name
+    return folder / f"{split}_questions.json", folder / f"{split}_outputs.json"
+
+
+def check_output_path(path: str | Path, data_dir: str | Path, task: str | Task, *, overwrite: bool) -> Path:
+    """Refuse to write to ``path`` when it is (or links to) a questions or outputs file of ``task`` in ``data_dir``,
+    even with ``overwrite``, or when it exists and ``overwrite`` is not set."""
+    path, task = Path(path), get_task(task)
+    for split in SPLITS:
+        for source in split_files(data_dir, task, split):
+            if path.resolve() == source.resolve() or (path.exists() and source.exists() and path.samefile(source)):
+                raise LampDataError(f"{path} is the input file {source} of {task.name} in {data_dir}: write the "
+                                    f"predictions elsewhere")
+    if path.exists() and not overwrite:
+        raise TargetExistsError(f"{path} exists; pass --overwrite to replace it")
+    return path
 
 
 def write_split(split: LampSplit, folder: str | Path, name: str) -> tuple[Path, Path]:
@@ -274,6 +300,9 @@ def parse_question(raw: Any, index: int, task: Task, path: Path, require_profile
         if str(item["id"]) in seen:
             raise LampDataError(f"{where}: duplicate profile item id {item['id']!r}")
         seen.add(str(item["id"]))
+        if task.kind == "rating" and not is_rating(task, item[task.label_key]):
+            raise LampDataError(f"{where}: profile item {item['id']!r} has {task.label_key} "
+                                f"{item[task.label_key]!r}, not a rating from {task.labels[0]} to {task.labels[-1]}")
     try:
         task.parse_input(raw["input"])
     except ValueError as e:

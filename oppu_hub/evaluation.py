@@ -226,6 +226,7 @@ class EvalConfig(PipelineConfig):
             Table 2 and ``pooled-k0``/``pooled-k1``).
         out_dir: where ``leaderboard.{md,csv,json}`` go (default ``{workdir}/results``).
         resamples / bootstrap_seed: the paired bootstrap over users behind the table's confidence intervals.
+        reuse_only: run nothing; tasks without finished rows for these settings are listed as not run.
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "tasks to evaluate"})
@@ -235,6 +236,9 @@ class EvalConfig(PipelineConfig):
     out_dir: str | None = field(default=None, metadata={"help": "table folder (default {workdir}/results)"})
     resamples: int = field(default=1000, metadata={"help": "bootstrap resamples of the users (confidence intervals)"})
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resamples"})
+    reuse_only: bool = field(default=False, metadata={
+        "help": "train and predict nothing: the table of the tasks whose rows are finished, the others listed as "
+                "not run"})
 
 
 def config_hash(obj: Any, n: int = 12) -> str:
@@ -633,6 +637,8 @@ def format_markdown(table: dict[str, Any]) -> str:
         for ref, deltas in row["deltas"].items():
             cells = [_delta_text(deltas.get(c["method"])) if c["method"] in row["scores"] else "–" for c in cols]
             lines.append(f"|  | Δ vs {ref} |  | " + " | ".join(cells) + " |")
+    if table.get("not_run"):
+        lines += ["", f"Not run under these settings: {', '.join(table['not_run'])}."]
     boot = table["bootstrap"]
     lines += ["", f"Δ: difference to the reference on the same queries, with a {boot['level']:.0%} paired bootstrap "
                   f"interval over users ({boot['resamples']} resamples, seed {boot['seed']}); **bold**: the interval "
@@ -690,16 +696,17 @@ def machine() -> str:
     return f"{device}, {platform.system()} {platform.release()}, bf16 {'yes' if bf16_available() else 'no'}"
 
 
-_TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed"}
+_TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed", "reuse_only"}
 
 
 def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
-              ) -> tuple[list[dict[str, Any]], float, str]:
+              ) -> tuple[list[dict[str, Any]], float, str] | None:
     """One task's result rows, the seconds computing them took and the :func:`machine` that computed them (tasks of
     one table may come from several machines): reused from ``{out}/rows/{task}.json`` when
     that was written by a finished run with the same settings, methods and data and its bases and adapters are
     still the ones these settings name (so a long leaderboard resumes task by task, a final all-task call only
-    rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded."""
+    rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded (``None``
+    with ``config.reuse_only``)."""
     pipeline = Pipeline(config, task)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
     settings.update(base=_hashable(config.base), user=_hashable(config.user))
@@ -713,6 +720,8 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
         done = read_json(path)
         if done.get("key") == key and all(_still_valid(pipeline, r) for r in done["rows"]):
             return done["rows"], done.get("seconds", 0.0), done.get("machine", "not recorded")
+    if config.reuse_only:
+        return None
     start = time.perf_counter()
     rows = pipeline.run(methods, out / "predictions")
     seconds = round(time.perf_counter() - start, 1)
@@ -741,15 +750,27 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
     machines: dict[str, str] = {}
-    for task in tasks:
-        finished, seconds[task.name], machines[task.name] = task_rows(config, task, methods, out)
-        rows += finished
-        print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
-        table = build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed)
-        meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                "task_machines": machines, "task_seconds": seconds, "wall_seconds": round(sum(seconds.values()), 1),
-                "config": dataclasses.asdict(config), "results": rows}
-        paths = write_table(table, out, meta=meta)
+    table: dict[str, Any] = {}
+    paths: dict[str, Path] = {}
+    for i, task in enumerate(tasks):
+        done = task_rows(config, task, methods, out)
+        if done is None:
+            print(f"{task.name}: not run (no finished rows for these settings)", flush=True)
+        else:
+            finished, seconds[task.name], machines[task.name] = done
+            rows += finished
+            print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
+        if rows and (done is not None or i == len(tasks) - 1):
+            not_run = [t.name for t in tasks[:i + 1] if t.name not in seconds]
+            table = {**build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed), "not_run": not_run}
+            meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                    "task_machines": machines, "task_seconds": seconds,
+                    "wall_seconds": round(sum(seconds.values()), 1), "config": dataclasses.asdict(config),
+                    "results": rows}
+            paths = write_table(table, out, meta=meta)
+    if not rows:
+        raise ValueError(f"no task has finished rows in {out / 'rows'} for these settings: nothing to tabulate "
+                         "(run without --reuse_only)")
     return table, paths, rows
 
 

@@ -212,6 +212,12 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
         assert main([*args, "--resamples", "20"]) == 0
         assert json.loads((work / "results" / "leaderboard.json").read_text())["meta"]["task_seconds"] == {
             "LaMP-2N": seconds}
+        # --reuse_only tabulates the finished tasks and lists the others (LaMP-3 has no rows) as not run.
+        tasks = args.index("--tasks") + 1
+        assert main([*args[:tasks], "LaMP-2N", "LaMP-3", *args[tasks + 1:], "--reuse_only"]) == 0
+        table = json.loads((work / "results" / "leaderboard.json").read_text())
+        assert table["not_run"] == ["LaMP-3"] and {r["task"] for r in table["rows"]} == {"LaMP-2N"}
+        assert "Not run under these settings: LaMP-3." in (work / "results" / "leaderboard.md").read_text()
     for folder in artifacts:
         folder.with_name(folder.name + ".away").rename(folder)
     # A changed tuned default names other adapters: the task runs again and trains them, on the reused bases.
@@ -276,8 +282,12 @@ EVAL_FULL_USERS = {
     "max_history": 16, "max_prompt_length": 384, "num_train_epochs": 2.0, "num_virtual_tokens": 16,
     "peft_type": "LORA", "per_device_train_batch_size": 4, "precision": "auto", "profile": False, "seed": 42,
     "split": "test", "target_modules": ["q_proj", "v_proj"], "task": "LaMP-2N"}
+# The 128/16 protocol's settings in full (before the paper protocol of oppu_hub/protocol.py): its artifacts stay
+# reachable by them, whatever the protocol's defaults and dev choices are now.
 EVAL_FULL_FLAGS = ["--users", "40", "--base.max_examples", "128", "--base.num_train_epochs", "1",
-                   "--user.max_history", "16"]
+                   "--base.learning_rate", "5e-4", "--base.per_device_train_batch_size", "4",
+                   "--user.max_history", "16", "--user.learning_rate", "3e-3", "--user.num_train_epochs", "2",
+                   "--user.lora_r", "16", "--user.target_modules", "q_proj", "v_proj"]
 
 
 def eval_config(*flags: str):
@@ -325,7 +335,7 @@ def test_nested_flags_tuned_defaults_and_shared_settings():
     from oppu_hub.tuned import user_defaults
     from trainers import BaseTaskConfig, UserAdapterConfig
 
-    config = eval_config(*EVAL_FULL_FLAGS)
+    config = eval_config(*EVAL_FULL_FLAGS[:6], "--user.max_history", "16")
     assert isinstance(config.base, BaseTaskConfig) and isinstance(config.user, UserAdapterConfig)
     assert (config.base.max_examples, config.base.num_train_epochs, config.user.max_history) == (128, 1.0, 16)
     assert config.user.learning_rate is None and config.user.concurrent == 0  # unset: tuned; executor: auto

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import add_command, config_from_args
+
+
+@dataclass
+class OutputOptions:
+    """Whether ``--output`` may replace an existing file (never one of the data's own files)."""
+
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing --output file (an input file of --data_dir is refused even so)"})
 
 
 def register(subparsers: Any) -> None:
@@ -14,14 +23,18 @@ def register(subparsers: Any) -> None:
 
     add_command(subparsers, "predict", _predict,
                 "predict the queries of a split with the base, retrieval, profile and/or users' adapters",
-                PredictConfig, RayOptions)
+                PredictConfig, RayOptions, OutputOptions)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..data import check_output_path
     from ..distributed import RayOptions
     from ..inference import PredictConfig, predict, save_predictions
 
     config = config_from_args(PredictConfig, args)
+    if config.output:  # refused before any model is loaded
+        check_output_path(config.output, config.data_dir, config.task,
+                          overwrite=config_from_args(OutputOptions, args).overwrite)
     ray_options = config_from_args(RayOptions, args)
     if ray_options.enabled:
         from ..distributed import predict_on_ray

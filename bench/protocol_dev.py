@@ -11,8 +11,8 @@
 Every run is a full eval-pipeline run on the dev split (content-addressed: an interrupted selection resumes and the
 chosen base is the very folder the leaderboard later uses). Writes ``bench/results/protocol_dev-{task}.json``
 (curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``. A task whose JSON already
-holds a choice of the same settings and data, whatever grid it swept, is not chosen again (``--redo`` does): a fresh
-clone goes straight to the leaderboard.
+holds a choice of the same training settings and data, whatever grid it swept, is not chosen again (``--redo``
+does): a fresh clone goes straight to the leaderboard.
 
     .venv/bin/python bench/protocol_dev.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/eval
 
@@ -113,7 +113,9 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
     settings = json.loads(json.dumps(dataclasses.asdict(config)))
     if path.exists() and not selection.redo:
         done = read_json(path)
-        if (done.get("config"), done.get("data")) == (settings, pipeline.source_hashes()):
+        recorded = done.get("config", {})
+        if ([recorded.get("base"), recorded.get("user"), done.get("data")]
+                == [settings["base"], settings["user"], pipeline.source_hashes()]):  # the same training and data
             print(f"{name}: chosen already ({path}; --redo chooses again)", flush=True)
             return done
     out = Path(config.workdir) / "protocol_dev" / name

@@ -41,7 +41,7 @@ from oppu_hub.metrics import score  # noqa: E402
 from oppu_hub.models import load_base, model_fingerprint, resolve_base  # noqa: E402
 from oppu_hub.prompts import PromptBuilder  # noqa: E402
 from oppu_hub.tasks import get_task  # noqa: E402
-from oppu_hub.tuned import user_defaults  # noqa: E402
+from oppu_hub.tuned import user_settings  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
 from trainers.common import bf16_available, max_length, set_threads  # noqa: E402
 from trainers.concurrent import tokenize_rows  # noqa: E402
@@ -58,10 +58,8 @@ def workload(data_dir: str, base: str, users: int, history: int, epochs: float) 
     ``history`` items, their ``history`` latest items, ``epochs`` and the task's dev-tuned adapter settings."""
     split = load_task_split(data_dir, TASK, "test")
     chosen = [u for u in split.user_ids if len(split.user_history(u)) >= history][:users]
-    tuned = user_defaults(TASK.name)
-    return dict(task=TASK.name, data_dir=data_dir, base_dir=base, users=chosen, max_history=history,
-                num_train_epochs=epochs, learning_rate=tuned.learning_rate, lora_r=tuned.lora_r,
-                lora_alpha=tuned.lora_alpha, target_modules=list(tuned.target_modules))
+    return dict(user_settings(TASK.name, num_train_epochs=epochs), task=TASK.name, data_dir=data_dir, base_dir=base,
+                users=chosen, max_history=history)
 
 
 def training_rows(config: UserAdapterConfig, users: list[str], model, tokenizer) -> list:

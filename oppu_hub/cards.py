@@ -23,6 +23,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .adapters import AdapterRecord
+from .io import keeps_name, name_digest
 
 SALT_ENV = "OPPU_HUB_USER_SALT"
 HASH_ENV = "OPPU_HUB_HASH_USER_IDS"
@@ -74,13 +75,13 @@ def user_label(user_id: str, *, hash_user_ids: bool = False, salt: str | None = 
 
 def slug(text: str, max_len: int = 64) -> str:
     """A Hub-valid, lower-case repo-name part / tag: ``[a-z0-9._-]``, no ``--``/``..``, no leading/trailing
-    ``-``/``.``; a short hash is appended whenever anything had to change, so distinct ids stay distinct."""
+    ``-``/``.``; a short hash of the exact text is appended whenever anything had to change or the text itself ends
+    like a hashed name (:func:`~oppu_hub.io.keeps_name`), so distinct ids stay distinct."""
     s = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
     s = re.sub(r"[-.]{2,}", "-", s).strip("-.") or "x"
-    if s == text and len(s) <= max_len:
+    if keeps_name(text, s, max_len=max_len):
         return s
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{s[: max_len - 9].rstrip('-.')}-{digest}"
+    return f"{s[: max_len - 9].rstrip('-.')}-{name_digest(text)}"
 
 
 def task_tag(task: str) -> str:

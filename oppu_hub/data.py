@@ -307,4 +307,7 @@ def parse_question(raw: Any, index: int, task: Task, path: Path, require_profile
         task.parse_input(raw["input"])
     except ValueError as e:
         raise LampDataError(f"{where}: {e}") from None
-    return Question(qid, raw["input"], profile, str(raw.get("user_id") or qid))
+    user_id = raw.get("user_id", qid)  # LaMP's own files have none: each question is its own user
+    if user_id is None or not str(user_id).strip():
+        raise LampDataError(f"{where}: empty user_id")
+    return Question(qid, raw["input"], profile, str(user_id))

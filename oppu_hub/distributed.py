@@ -300,7 +300,7 @@ class RayExecutor:
             for user, result in pool_map(ray, UserTrainWorker, (config, threads), {u: u for u in users},
                                          self.options, workers, gpus):
                 emit(Outcome(str(user), result["outcome"], result["seconds"], result.get("steps", 0),
-                             result.get("error")))
+                             result.get("error"), result.get("note")))
 
 
 def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRunReport:

@@ -14,7 +14,14 @@ family         what it is                                            base / adap
                their histories together (+ ``k`` retrieved items)    ``oppu-kN``'s on the pooled history
 ``oppu``       RAG+OPPU: the user's adapter, trained with ``k``      base with k, adapters trained with k
 ``pag-oppu``   PAG+OPPU: adapter trained with profile and ``k``      base with k + profile, same adapters
+``oppu-cd``    ``oppu`` with contrastive personal decoding           same as ``oppu``
+``prior-np``   the base's label scores + the user's label prior      base with k
+``oppu-prior`` ``oppu``'s label scores + the user's label prior      same as ``oppu``
 =============  ====================================================  =====================================
+
+The last three decode with :class:`~oppu_hub.decoding_config.DecodingOptions` (``contrast_alpha``,
+``prior_weight``); ``--answers labels`` scores the labels of classification and rating tasks for every method
+instead of generating (the prior methods always do; they have no row on generation tasks).
 
 Trained artifacts are content-addressed: a base lives in ``{workdir}/base/{hash}/{task}/{variant}`` and adapters in
 ``{workdir}/users/{hash}/{task}/...``, where the hash covers the training configuration and the training data, so
@@ -49,12 +56,13 @@ from . import protocol
 from .adapters import is_complete
 from .baselines import BASELINES, POOLED_USER, POOLED_VIEW_VERSION, applies, pooled_split, predict_baseline
 from .data import LampSplit, load_task_split, read_predictions, write_predictions, write_split
+from .decoding_config import DecodingOptions
 from .io import read_json, safe_name, write_json
 from .metrics import score
 from .retrieval import RANDOM_HISTORY_VERSION
 from .stats import LEVEL, Interval, PairedBootstrap
 from .tasks import TASKS, Task, get_task
-from .tuned import TUNED_FIELDS, user_defaults
+from .tuned import TUNED_FIELDS, TUNED_SETTINGS, user_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +77,18 @@ FAMILIES = {
     "pooled": "Pooled",
     "oppu": "RAG+OPPU",
     "pag-oppu": "PAG+OPPU",
+    "oppu-cd": "RAG+OPPU",
+    "prior-np": "Non-Personalized",
+    "oppu-prior": "RAG+OPPU",
 }
 GROUP_ORDER = ("Baselines", "Non-Personalized", "RAG", "PAG", "Pooled", "RAG+OPPU", "PAG+OPPU")
 TABLE2_METHODS = ("np-k0", "random-k1", "rag-k1", "rag-k2", "rag-k4", "pag-k0", "pag-k1",
                   "oppu-k0", "oppu-k1", "oppu-k2", "oppu-k4", "pag-oppu-k0", "pag-oppu-k1")
 DEFAULT_METHODS = (*BASELINES, *TABLE2_METHODS, "pooled-k0", "pooled-k1")
 SMALL_METHODS = ("np-k0", "random-k1", "rag-k1", "oppu-k0", "oppu-k1")
-_METHOD = re.compile(r"(np|random|rag|pag-oppu|pag|pooled|oppu)-k(\d+)|(" + "|".join(map(re.escape, BASELINES)) + ")")
+_METHOD = re.compile(r"(pag-oppu|pag|pooled|oppu-cd|oppu-prior|oppu|prior-np|np|random|rag)-k(\d+)|("
+                     + "|".join(map(re.escape, BASELINES)) + ")")
+_VARIANTS = ("oppu-cd", "oppu-prior", "prior-np")  # after their plain family in a column group
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,8 @@ class Method:
     def label(self) -> str:
         if self.baseline:
             return self.family
-        return f"random k={self.k}" if self.family == "random" else f"k={self.k}"
+        variant = {"random": "random ", "oppu-cd": "CD ", "oppu-prior": "prior ", "prior-np": "prior "}
+        return f"{variant.get(self.family, '')}k={self.k}"
 
     @property
     def baseline(self) -> bool:
@@ -115,14 +129,25 @@ class Method:
 
     @property
     def oppu(self) -> bool:
-        return self.family in ("oppu", "pag-oppu")
+        """Predicts with the evaluated users' own adapters."""
+        return self.family in ("oppu", "pag-oppu", "oppu-cd", "oppu-prior")
+
+    @property
+    def contrastive(self) -> bool:
+        return self.family == "oppu-cd"
+
+    @property
+    def prior(self) -> bool:
+        """Label scores shifted by the user's label prior (classification and rating tasks only)."""
+        return self.family in ("prior-np", "oppu-prior")
 
     @property
     def random_history(self) -> bool:
         return self.family == "random"
 
     def sort_key(self) -> tuple[int, int, int]:
-        within = BASELINES.index(self.family) if self.baseline else int(self.family == "random")
+        within = (BASELINES.index(self.family) if self.baseline else int(self.family == "random")
+                  + 2 * (1 + _VARIANTS.index(self.family) if self.family in _VARIANTS else 0))
         return GROUP_ORDER.index(self.group), within, self.k
 
 
@@ -150,8 +175,6 @@ def parse_method(name: str | Method) -> Method:
 BASE_FILLED = ("task", "data_dir", "k", "profile", "profiles_dir", "output_dir", "overwrite")
 USER_FILLED = ("task", "data_dir", "k", "profile", "profiles_dir", "output_dir", "base_dir", "split", "users",
                "max_users", "history_format", "update", "push_to_hub", "hub_store")
-# The user-adapter settings a pipeline leaves unset (None) by default: the task's dev-tuned values, alpha the rank.
-TUNED_SETTINGS = (*TUNED_FIELDS, "lora_alpha")
 
 
 def base_field(**settings: Any) -> Any:
@@ -177,7 +200,7 @@ def user_field(**settings: Any) -> Any:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DecodingOptions):
     """How bases and adapters are trained and methods predicted (shared by ``eval`` and ``analyze``).
 
     Args:
@@ -195,6 +218,7 @@ class PipelineConfig:
             train together) is not part of an adapter's identity.
         predict_batch_size: prompts per ``generate`` call.
         profile_items / profile_tokens: history items shown to the profile writer and profile length.
+        answers / contrast_* / prior_*: how answers are decoded (:class:`~oppu_hub.decoding_config.DecodingOptions`).
 
     On the command line ``base`` and ``user`` are the flags ``--base.NAME`` and ``--user.NAME``
     (:class:`oppu_hub.cli.ConfigParser`); ``--NAME`` for a name in :attr:`shared_flags` sets both (a stage's own
@@ -357,15 +381,10 @@ class Pipeline:
                                                 **fields})
 
     def tuned_settings(self) -> dict[str, Any]:
-        """The user-adapter settings the config leaves unset (``None``): the task's dev-tuned values
-        (:func:`oppu_hub.tuned.user_defaults`), alpha the rank."""
-        user, tuned = self.config.user, user_defaults(self.task.name)
-        settings = {name: getattr(tuned, name) for name in TUNED_FIELDS if getattr(user, name) is None}
-        if "target_modules" in settings:
-            settings["target_modules"] = list(settings["target_modules"])
-        if user.lora_alpha is None:
-            settings["lora_alpha"] = settings.get("lora_r", user.lora_r)
-        return settings
+        """The user-adapter settings the config leaves unset (``None``), resolved by
+        :func:`oppu_hub.tuned.user_settings`: the task's dev-tuned values, alpha the rank."""
+        given = {name: getattr(self.config.user, name) for name in TUNED_SETTINGS}
+        return {k: v for k, v in user_settings(self.task.name, **given).items() if given[k] is None}
 
     def base_config(self, k: int, profile: bool = False) -> tuple[BaseTaskConfig, dict[str, Any]]:
         """The training config of the task-adapted base for prompts with ``k`` items (and profile), and the dict
@@ -501,7 +520,7 @@ class Pipeline:
             self.ensure_profiles()
         plan = []
         for m in methods:
-            if m.baseline:
+            if m.baseline or (m.prior and not self.task.labels):  # prior methods score labels: none to score
                 continue
             base = self.base_dir(m.k, m.profile)
             adapters = (self.pooled_adapter(m.k, peft_type, history_format) if m.pooled else
@@ -544,12 +563,20 @@ class Pipeline:
                 task=self.task.name, data_dir=str(self.data_view()), split=self.config.split, base_dir=str(base),
                 adapters_dir=str(adapters) if m.oppu else None, k=m.k, profile=m.profile,
                 profiles_dir=str(self.profiles_dir()), random_history=m.random_history, history_format=history_format,
-                users=users, batch_size=self.config.predict_batch_size, max_prompt_length=stage.max_prompt_length),
-                generators[key])
+                users=users, batch_size=self.config.predict_batch_size, max_prompt_length=stage.max_prompt_length,
+                contrastive=m.contrastive, prior=m.prior, **self.decoding(m)), generators[key])
             rows.append(row(m, predictions, start, base, adapters))
         generators.clear()
         order = {m.name + name_suffix: i for i, m in enumerate(methods)}
         return sorted(rows, key=lambda r: order[r["method"]])
+
+    def decoding(self, method: Method) -> dict[str, Any]:
+        """The decoding options ``method`` predicts with: the config's, with labels scored for the prior methods
+        and generation for contrastive decoding."""
+        options = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(DecodingOptions)}
+        if method.prior or method.contrastive:
+            options["answers"] = "labels" if method.prior else "generate"
+        return options
 
 
 # Fields that do not identify a trained artifact: where things are, which users, and how the training is executed

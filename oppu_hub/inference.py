@@ -7,27 +7,31 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from .adapters import (
     AdapterNotFoundError,
-    AdapterRecord,
     adapter_identity,
     adapter_name,
     check_base,
     check_setting,
-    is_complete,
+    verify_adapter,
 )
 from .data import LampSplit, item_keys, load_task_split, query_keys, write_predictions
-from .io import safe_name
+from .decoding import ContrastiveLogitsProcessor
+from .decoding_config import DecodingOptions
+from .io import make_private_dirs, safe_name
+from .label_scoring import best_labels, label_logprobs
 from .metrics import score
 from .models import BaseModelConfig, load_base, model_fingerprint
+from .priors import calibrated, global_prior, user_prior
 from .profiles import ProfileStore
 from .prompts import PromptBuilder, query_prompt
 from .retrieval import RandomHistory
@@ -57,21 +61,20 @@ class Generator:
         self._peft_type: str | None = None
 
     def load(self, folder: str | Path, name: str | None = None) -> str:
-        """Make the adapter in ``folder`` resident (checking it belongs to this base); returns its name.
+        """Make the adapter in ``folder`` resident (checking that it verifies and belongs to this base); returns its
+        name.
 
         Residency is keyed on the adapter's identity (:func:`adapter_identity`), not its name: another folder,
         or the same folder with new weights (``--update``, a new Hub revision), replaces the resident copy."""
         from peft import PeftModel
 
         folder = Path(folder)
-        if not is_complete(folder):
-            raise AdapterNotFoundError(f"no complete adapter in {folder}")
+        record = verify_adapter(folder)
         name = name or adapter_name(folder.name)
         identity = adapter_identity(folder)
         if self._resident.get(name) == identity:
             self._resident.move_to_end(name)
             return name
-        record = AdapterRecord.from_folder(folder)
         check_base(record, self.fingerprint, where=str(folder))
         if self._peft_type not in (None, record.peft_type):
             raise ValueError(f"{folder}: a {record.peft_type} adapter cannot join the resident {self._peft_type} "
@@ -107,37 +110,67 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], adapters: Sequence[str | None] | None = None,
-                 max_new_tokens: int = 16, batch_size: int = 8) -> list[str]:
-        """Greedy completions of ``prompts``; ``adapters[i]`` names row i's adapter (``None``: the base)."""
+                 max_new_tokens: int = 16, batch_size: int = 8, contrast: tuple[float, float] | None = None
+                 ) -> list[str]:
+        """Greedy completions of ``prompts``; ``adapters[i]`` names row i's adapter (``None``: the base).
+        ``contrast=(alpha, beta)``: contrastive personal decoding of each adapter against the base
+        (:mod:`oppu_hub.decoding`; LoRA adapters, which share one mixed batch with the base rows)."""
+        def run(rows: list[str], names: list[str] | None) -> list[str]:
+            if contrast is None or names is None:
+                return self._run(rows, max_new_tokens, adapter_names=names)
+            processor = ContrastiveLogitsProcessor(len(rows), *contrast)
+            both = self._run(rows + rows, max_new_tokens, adapter_names=names + [BASE_ADAPTER] * len(rows),
+                             logits_processor=LogitsProcessorList([processor]))
+            return both[:len(rows)]
+
+        if contrast is not None and self._peft_type not in (None, "LORA"):
+            raise ValueError("contrastive decoding mixes adapter and base rows in one batch: LoRA adapters only")
+        return self._batched(prompts, adapters, batch_size, run)
+
+    @torch.inference_mode()
+    def score_labels(self, prompts: Sequence[str], adapters: Sequence[str | None] | None, labels: Sequence[str],
+                     batch_size: int = 8) -> torch.Tensor:
+        """``(len(prompts), len(labels))`` summed log-likelihoods of each label after each prompt
+        (:func:`oppu_hub.label_scoring.label_logprobs`), adapters as in :meth:`generate`."""
+        def run(rows: list[str], names: list[str] | None) -> list[torch.Tensor]:
+            return list(label_logprobs(self.model, self.tokenizer, rows, labels, names).cpu())
+
+        return torch.stack(self._batched(prompts, adapters, batch_size, run))
+
+    def _batched(self, prompts: Sequence[str], adapters: Sequence[str | None] | None, batch_size: int,
+                 run: Callable[[list[str], list[str] | None], list[Any]]) -> list[Any]:
+        """``run(prompts, peft adapter names or None)`` over batches of similar length, in the input's order."""
         adapters = list(adapters) if adapters is not None else [None] * len(prompts)
-        outputs: list[str] = [""] * len(prompts)
+        outputs: list[Any] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            for i, text in zip(rows, self._generate_rows([prompts[i] for i in rows], [adapters[i] for i in rows],
-                                                         max_new_tokens), strict=True):
-                outputs[i] = text
+            for i, out in zip(rows, self._by_adapter([prompts[i] for i in rows], [adapters[i] for i in rows], run),
+                              strict=True):
+                outputs[i] = out
         return outputs
 
-    def _generate_rows(self, prompts: list[str], adapters: list[str | None], max_new_tokens: int) -> list[str]:
+    def _by_adapter(self, prompts: list[str], adapters: list[str | None],
+                    run: Callable[[list[str], list[str] | None], list[Any]]) -> list[Any]:
+        """One mixed batch for LoRA (peft's ``adapter_names``); other PEFT types one adapter group at a time."""
         if self.model is self.base or self._peft_type == "LORA":
-            names = None if self.model is self.base else [a or BASE_ADAPTER for a in adapters]
-            return self._run(prompts, max_new_tokens, adapter_names=names)
-        out: list[str] = [""] * len(prompts)
+            return run(prompts, None if self.model is self.base else [a or BASE_ADAPTER for a in adapters])
+        out: list[Any] = [None] * len(prompts)
         for name in dict.fromkeys(adapters):
             idx = [i for i, a in enumerate(adapters) if a == name]
             if name is None:
                 with self.model.disable_adapter():
-                    texts = self._run([prompts[i] for i in idx], max_new_tokens)
+                    results = run([prompts[i] for i in idx], None)
             else:
                 self.model.set_adapter(name)
-                texts = self._run([prompts[i] for i in idx], max_new_tokens)
-            for i, t in zip(idx, texts, strict=True):
-                out[i] = t
+                results = run([prompts[i] for i in idx], None)
+            for i, r in zip(idx, results, strict=True):
+                out[i] = r
         return out
 
     def _run(self, prompts: list[str], max_new_tokens: int, **kwargs: Any) -> list[str]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.base.device)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         generated = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                         pad_token_id=self.tokenizer.pad_token_id, **kwargs)
         new = generated[:, batch["input_ids"].shape[1]:]
@@ -151,7 +184,7 @@ def clean_answer(task: Task, text: str) -> str:
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(DecodingOptions):
     """Predictions for one method (``oppu-hub predict``).
 
     Args:
@@ -168,6 +201,9 @@ class PredictConfig:
         output: prediction file (LaMP format); default ``{base_dir}/predictions/...``.
         batch_size: prompts per ``generate`` call.
         max_adapters: resident adapters at most (LRU).
+        contrastive: contrastive personal decoding of each user's adapter against the base (needs adapters).
+        prior: label scores shifted by each user's label prior (classification and rating tasks).
+        answers / contrast_* / prior_*: :class:`~oppu_hub.decoding_config.DecodingOptions`.
     """
 
     task: str = field(default="LaMP-2N", metadata={"help": "LaMP task"})
@@ -189,9 +225,18 @@ class PredictConfig:
     max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
     max_adapters: int = field(default=16, metadata={"help": "resident adapters at most (LRU)"})
     seed: int = field(default=0, metadata={"help": "seed of the random-history baseline"})
+    contrastive: bool = field(default=False, metadata={"help": "contrastive decoding against the base"})
+    prior: bool = field(default=False, metadata={"help": "label scores + each user's label prior"})
 
     def __post_init__(self) -> None:
-        self.task = get_task(self.task).name  # canonical, and an unknown task fails here
+        task = get_task(self.task)
+        self.task = task.name  # canonical, and an unknown task fails here
+        if self.contrastive and not self.adapters_dir:
+            raise ValueError("--contrastive contrasts users' adapters with the base: give --adapters_dir")
+        if self.contrastive and self.answers == "labels" and task.labels:
+            raise ValueError("--contrastive applies to generated answers, not to --answers labels")
+        if self.prior and not task.labels:
+            raise ValueError(f"--prior scores labels; {task.name} has none (a generation task)")
 
 
 def build_prompts(config: PredictConfig, split: LampSplit, users: Sequence[str], tokenizer: Any
@@ -222,26 +267,56 @@ def predict(config: PredictConfig, generator: Generator | None = None) -> dict[s
     if generator is None:
         generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
     ids, owners, prompts = build_prompts(config, split, users, generator.tokenizer)
+    answer = answerer(config, split, generator)
     if config.adapters_dir:
-        folders = adapter_folders(config, users)
-        texts = _generate_by_user_groups(generator, folders, owners, prompts, task, config)
+        texts = _by_user_groups(generator, adapter_folders(config, users), owners, prompts, task, answer)
     else:
-        texts = generator.generate(prompts, None, task.max_new_tokens, config.batch_size)
+        texts = answer(prompts, None, owners)
     return {i: clean_answer(task, t) for i, t in zip(ids, texts, strict=True)}
 
 
+Answerer = Callable[[list[str], list[str | None] | None, list[str]], list[str]]
+
+
+def answerer(config: PredictConfig, split: LampSplit, generator: Generator) -> Answerer:
+    """``answer(prompts, adapter names, owners)`` for ``config``'s decoding: generation (contrastive or not), or
+    the task's best-scoring label (:meth:`Generator.score_labels`), shifted by the owner's label prior."""
+    task = split.task
+    if not (config.prior or (config.answers == "labels" and task.labels)):
+        contrast = (config.contrast_alpha, config.contrast_beta) if config.contrastive else None
+        return lambda prompts, names, owners: generator.generate(prompts, names, task.max_new_tokens,
+                                                                 config.batch_size, contrast)
+    labels = list(task.labels)
+    if config.prior:
+        train = load_task_split(config.data_dir, task, "train")
+        prior = global_prior(labels, (task.parse_output(q.gold or "") for q in train.questions))
+        history = {u: [task.parse_output(task.item_answer(i)) for i in split.user_history(u)] if task.has_pairs
+                   else [] for u in split.user_ids}
+        users = {u: user_prior(labels, history[u], prior, config.prior_smoothing) for u in split.user_ids}
+
+    def answer(prompts: list[str], names: list[str | None] | None, owners: list[str]) -> list[str]:
+        scores = generator.score_labels(prompts, names, labels, config.batch_size)
+        if config.prior:
+            scores = calibrated(scores, [users[o] for o in owners], prior, config.prior_weight)
+        return best_labels(scores, labels)
+
+    return answer
+
+
 def adapter_folders(config: PredictConfig, users: Sequence[str]) -> dict[str, Path]:
-    """Each user's adapter folder under ``config.adapters_dir``; every one must be complete and, unless
-    ``allow_setting_mismatch``, trained with the requested k / profile / history format."""
+    """Each user's adapter folder under ``config.adapters_dir``; every one must exist, verify
+    (:func:`~oppu_hub.adapters.verify_adapter`: whole, intact, of this user and task) and, unless
+    ``allow_setting_mismatch``, be trained with the requested k / profile / history format."""
     folders = {u: Path(config.adapters_dir or "") / safe_name(u) for u in users}
-    missing = [u for u, f in folders.items() if not is_complete(f)]
+    missing = [u for u, f in folders.items() if not f.exists()]
     if missing:
         raise AdapterNotFoundError(f"no adapter for users {missing[:5]} in {config.adapters_dir}; "
                                    f"train them with oppu-hub train-users")
-    if not config.allow_setting_mismatch:
-        for folder in folders.values():
-            check_setting(AdapterRecord.from_folder(folder), k=config.k, profile=config.profile,
-                          history_format=config.history_format, where=str(folder))
+    for user, folder in folders.items():
+        record = verify_adapter(folder, user_id=user, task=config.task)
+        if not config.allow_setting_mismatch:
+            check_setting(record, k=config.k, profile=config.profile, history_format=config.history_format,
+                          where=str(folder))
     return folders
 
 
@@ -253,14 +328,15 @@ def save_predictions(config: PredictConfig, predictions: dict[str, str]) -> tupl
     path = Path(config.output) if config.output else Path(config.base_dir) / "predictions" / (
         f"{task.name}-{config.split}-k{config.k}{'-profile' if config.profile else ''}"
         f"{'-random' if config.random_history else ''}{'-oppu' if config.adapters_dir else ''}.json")
+    make_private_dirs(path.parent)  # predictions are about users: new folders for them are owner-only
     write_predictions(task, predictions, path)
     golds = {q.id: q.gold for q in split.questions if q.id in predictions and q.gold is not None}
     return path, (score(task, predictions, golds) if golds else None)
 
 
-def _generate_by_user_groups(generator: Generator, folders: dict[str, Path], owners: list[str],
-                             prompts: list[str], task: Task, config: PredictConfig) -> list[str]:
-    """Generate in groups of at most ``max_adapters`` users, so each group's adapters are all resident."""
+def _by_user_groups(generator: Generator, folders: dict[str, Path], owners: list[str], prompts: list[str],
+                    task: Task, answer: Answerer) -> list[str]:
+    """Answer in groups of at most ``max_adapters`` users, so each group's adapters are all resident."""
     users = list(folders)
     outputs = [""] * len(prompts)
     step = max(1, generator.max_adapters)
@@ -269,8 +345,7 @@ def _generate_by_user_groups(generator: Generator, folders: dict[str, Path], own
         group = set(users[start:start + step])
         names = {u: generator.load(folders[u], adapter_name(u)) for u in group}
         rows = [i for i, u in enumerate(owners) if u in group]
-        texts = generator.generate([prompts[i] for i in rows], [names[owners[i]] for i in rows],
-                                   task.max_new_tokens, config.batch_size)
+        texts = answer([prompts[i] for i in rows], [names[owners[i]] for i in rows], [owners[i] for i in rows])
         for i, t in zip(rows, texts, strict=True):
             outputs[i] = t
     return outputs

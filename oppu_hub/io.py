@@ -1,16 +1,19 @@
 """Atomic writes: files and folders appear whole under their final name or not at all, survive a crash at any
-point (flushed to disk before they are renamed into place), and can be made owner-only."""
+point (flushed to disk before they are renamed into place), and can be made owner-only; locks between processes
+that write in one folder; file names for ids."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,16 @@ def private_dir(path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
+    return path
+
+
+def make_private_dirs(path: str | Path) -> Path:
+    """Create ``path`` and whichever of its parents are missing, each owner-only (0700); folders that exist are
+    left as they are (a shared parent such as ``/tmp`` is never touched)."""
+    path = Path(path)
+    for p in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        p.mkdir(mode=0o700, exist_ok=True)
+        p.chmod(0o700)
     return path
 
 
@@ -150,7 +163,8 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mode: int = 0o755) 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Clean up after interrupted :func:`atomic_dir`/:func:`write_json` calls in ``folder``: set-aside old versions
     are put back or deleted (:func:`recover_dir`), temporary files and folders are deleted. Returns the folders
-    recovered and the temporaries deleted. Call it only while nothing else writes in ``folder``."""
+    recovered and the temporaries deleted. Call it only while nothing else writes in ``folder`` (a run that shares
+    the folder with others: ``clean()`` of :func:`folder_in_use`)."""
     folder = Path(folder)
     handled = stale_targets(folder)
     for target in handled:
@@ -179,12 +193,115 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def safe_name(name: str, max_len: int = 64) -> str:
-    """A file/repo-safe form of an id: ``[A-Za-z0-9._-]`` kept, a short hash added when anything changed."""
-    import hashlib
+def keeps_name(name: str, slug: str, *, sep: str = "-", max_len: int = 64) -> bool:
+    """Whether ``slug``, a sanitised form of ``name``, may stand for ``name`` unhashed: it is ``name`` itself, fits
+    ``max_len`` and does not end like a hashed name (``sep`` and 8 hex digits), which could be another id's."""
+    return slug == name and len(slug) <= max_len and not re.search(rf"{re.escape(sep)}[0-9a-f]{{8}}$", slug)
 
+
+def name_digest(name: str) -> str:
+    """The 8 hex digits that tell apart the hashed names of ids."""
+    return hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def safe_name(name: str, max_len: int = 64) -> str:
+    """A file/repo-safe form of an id: ``[A-Za-z0-9._-]`` kept, a short hash of the exact id added when anything
+    changed or the id itself ends like a hashed name (:func:`keeps_name`), so distinct ids get distinct names."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "x"
-    if slug == name and len(slug) <= max_len:
+    if keeps_name(name, slug, max_len=max_len):
         return slug
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{slug[: max_len - 9]}-{digest}"
+    return f"{slug[: max_len - 9]}-{name_digest(name)}"
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class FileLock:
+    """An exclusive lock between processes: an ``fcntl.flock`` on the lock file ``path``, which is created when
+    taken and removed when released. The kernel releases it when its process dies (the file may stay; the next
+    taker reuses it). Take it with :meth:`acquire` (waits) or :meth:`try_acquire`; ``with`` releases it."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: str | Path) -> FileLock:
+        """Wait for the lock on ``path`` and take it."""
+        return cls._take(Path(path), fcntl.LOCK_EX)
+
+    @classmethod
+    def guarding(cls, path: str | Path) -> FileLock:
+        """Wait for and take the lock that guards read-modify-writes of the file ``path`` (``.{name}.lock``
+        beside it)."""
+        path = Path(path)
+        return cls.acquire(path.with_name(f".{path.name}.lock"))
+
+    @classmethod
+    def try_acquire(cls, path: str | Path) -> FileLock | None:
+        """The lock on ``path``, or ``None`` at once when another process (or another lock here) holds it."""
+        try:
+            return cls._take(Path(path), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+
+    @classmethod
+    def _take(cls, path: Path, flags: int) -> FileLock:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, flags)
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, path):
+                return cls(path, fd)
+            os.close(fd)  # its holder removed the file on release while we waited: lock the current one
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (removed first, so no one locks a file that is gone)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+@contextlib.contextmanager
+def folder_in_use(folder: str | Path) -> Iterator[Callable[[], list[Path]]]:
+    """Mark ``folder`` as written by this process for the block (a shared ``fcntl.flock`` on the folder itself,
+    held by every run that writes there). Yields ``clean()``: :func:`remove_stale_temps` of ``folder`` when no
+    other process holds it -- another run's temporaries are work in progress -- else nothing; returns what it
+    cleaned up."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+    def clean() -> list[Path]:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a failed upgrade may drop the shared lock: take it again
+            return []
+        try:
+            return remove_stale_temps(folder)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield clean
+    finally:
+        os.close(fd)

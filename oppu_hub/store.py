@@ -9,7 +9,8 @@
 
 :func:`open_store` picks one from a spec (``hub:NAMESPACE``, ``hf://NAMESPACE`` or a folder),
 :func:`push_adapter` pushes a finished adapter folder, :func:`load_user_adapter` loads one onto a base,
-refusing an adapter trained on another base, and :func:`forget_user` deletes everything kept about a user.
+refusing an adapter trained on another base, and :func:`forget_user` deletes everything kept about a user
+(:func:`plan_forget` finds it all first, :meth:`ForgetPlan.carry_out` deletes it and reports what is left).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .adapters import PEFT_FILES, RECORD_FILE, AdapterNotFoundError, AdapterRecord, check_base, is_complete
+from .adapters import PEFT_FILES, RECORD_FILE, RUN_FILE, AdapterMismatchError, AdapterRecord, check_base, verify_adapter
 from .cards import (
     USER_TAG_PREFIX,
     adapter_card,
@@ -41,6 +42,7 @@ from .cards import (
     user_tag,
 )
 from .io import atomic_dir, owner_only, private_dir, read_json, recover_dir, safe_name, stale_targets, write_json
+from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ class AdapterRepoNotFoundError(StoreError):
     """No such adapter repo or revision (or it is private and the token may not read it)."""
 
 
+class ForgetIncompleteError(StoreError):
+    """Deleting a user left something behind (named in the message); running the same deletion again finishes it."""
+
+
 @dataclass(frozen=True)
 class PushResult:
     """The outcome of a push: the repo, the revision now at its head and where it lives."""
@@ -123,12 +129,15 @@ def _ref_from_tags(repo_id: str, tags: list[str] | None, **kw: Any) -> AdapterRe
                       peft_type=peft.upper().replace("-", "_") if peft else None, tags=tuple(tags), **kw)
 
 
-def _read_complete(folder: str | Path) -> AdapterRecord:
-    folder = Path(folder)
-    if not is_complete(folder):
-        missing = [n for n in (*PEFT_FILES, RECORD_FILE) if not (folder / n).is_file()]
-        raise AdapterNotFoundError(f"{folder} is not a complete adapter folder (missing {', '.join(missing)})")
-    return AdapterRecord.from_folder(folder)
+def _served(folder: Path, repo_id: str) -> Path:
+    """``folder``, pulled from ``repo_id``, once its files verify and its ``oppu.json`` names the user and task
+    that the repo's name stands for (:class:`~oppu_hub.adapters.AdapterMismatchError` otherwise)."""
+    record = verify_adapter(folder)
+    expected = repo_name(record.task, record.user_id)
+    if expected != repo_id.split("/")[-1]:
+        raise AdapterMismatchError(f"{repo_id} holds the {record.task} adapter of user {record.user_id!r} (its "
+                                   f"oppu.json), whose repo is {expected}: refusing to serve it")
+    return folder
 
 
 class AdapterStore(ABC):
@@ -245,16 +254,39 @@ class AdapterStore(ABC):
     def delete(self, repo_id: str) -> None:
         """Delete a repo with all its revisions (nothing happens when it does not exist)."""
 
-    def delete_user(self, user_id: str) -> list[str]:
-        """Delete every adapter repo of ``user_id`` in the namespace (all tasks), whether it is named by the raw id
-        or by its hash (when a salt is known); returns the deleted repo ids."""
+    @abstractmethod
+    def _exists(self, repo_id: str) -> bool:
+        """Whether ``repo_id`` exists; :class:`StoreAuthError` when it exists but may not be seen."""
+
+    def _labels(self, user_id: str) -> set[str]:
+        """Every name the user's repos can carry: the store's label, the raw id, and the hash when a salt is known."""
         labels = {self.label(user_id), str(user_id)}
         with contextlib.suppress(ValueError):  # no salt: only repos named by the raw id can be found
             labels.add(hash_user_id(user_id, self.salt))
-        repos = sorted({ref.repo_id for label in labels for ref in self._list(["oppu", user_tag(label)])})
-        for repo_id in repos:
-            self.delete(repo_id)
-        return repos
+        return labels
+
+    def possible_repos(self, user_id: str) -> list[str]:
+        """Every repo id an adapter of ``user_id`` can have in the namespace (each task, each of :meth:`_labels`)."""
+        return sorted({f"{self.namespace}/{repo_name(task, label)}" for task in TASKS
+                       for label in self._labels(user_id)})
+
+    def user_repos(self, user_id: str) -> tuple[list[str], dict[str, str]]:
+        """The repos of ``user_id`` in the namespace (all tasks): those tagged with one of their names, and those
+        named as theirs (an empty repo a failed push left is found too); and what exists but may not be seen, as
+        ``{repo id: why}``."""
+        repos = {ref.repo_id for label in self._labels(user_id) for ref in self._list(["oppu", user_tag(label)])}
+        hidden = {}
+        for repo_id in set(self.possible_repos(user_id)) - repos:
+            try:
+                if self._exists(repo_id):
+                    repos.add(repo_id)
+            except StoreAuthError as e:
+                hidden[repo_id] = str(e)
+        return sorted(repos), hidden
+
+    def cached_copies(self, repo_ids: Sequence[str]) -> list[Path]:
+        """This machine's downloads of ``repo_ids`` kept apart from the store (none for a local store)."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
@@ -276,6 +308,11 @@ _STEPS = (("/preupload/", "preupload"), ("/commit/", "commit"), ("/api/repos/cre
           ("/settings", "make private"), ("/api/repos/delete", "delete repo"), ("/api/whoami", "whoami"),
           ("/api/validate-yaml", "validate card"), ("/resolve/", "download"), ("/tree/", "list files"),
           ("/commits/", "history"), ("/api/models", "repo info"))
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (huggingface_hub's span several)."""
+    return " ".join(str(error).split())
 
 
 def _step(error: BaseException) -> str:
@@ -337,6 +374,19 @@ class HubStore(AdapterStore):
         with self._errors("whoami"):
             return self.api.whoami(token=token)
 
+    def _check_namespace(self) -> None:
+        """Raise :class:`StoreNamespaceError` unless the namespace (default: the token's user) is the token's user
+        or one of its organisations: elsewhere it may write nothing, and the Hub hides private repos from it."""
+        me = self.whoami()
+        if self._namespace is None:
+            self._namespace = me["name"]
+        writable = {me.get("name"), *(o.get("name") for o in me.get("orgs") or [])}
+        if self._namespace not in writable:
+            raise StoreNamespaceError(
+                f"namespace {self._namespace!r} belongs to someone else: the token of {me.get('name')!r} may not "
+                f"write there nor see its private repos (it may write to "
+                f"{', '.join(sorted(n for n in writable if n))})")
+
     @contextlib.contextmanager
     def _errors(self, action: str, repo_id: str | None = None, *, upload: bool = False) -> Iterator[None]:
         """Run Hub calls with :attr:`timeout` and translate huggingface_hub/httpx failures into the store's errors,
@@ -346,6 +396,7 @@ class HubStore(AdapterStore):
         from huggingface_hub.errors import (
             HfHubHTTPError,
             LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -372,28 +423,20 @@ class HubStore(AdapterStore):
                                      f"the token may not write there (read-only token, or the repo belongs to "
                                      f"someone else)") from e
             error = StoreUploadError if upload else StoreError
-            raise error(f"{what} failed at step '{step}' (HTTP {status}){retry}: {e}") from e
-        except (httpx2.TransportError, LocalEntryNotFoundError) as e:
+            raise error(f"{what} failed at step '{step}' (HTTP {status}){retry}: {_one_line(e)}") from e
+        except (httpx2.TransportError, LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             error = StoreUploadError if upload else StoreConnectionError
             raise error(f"{what} failed at step '{_step(e)}': no answer from {self.endpoint} "
-                        f"({type(e).__name__}: {e}){retry}") from e
+                        f"({type(e).__name__}: {_one_line(e)}){retry}") from e
 
     def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
              private: bool | None = None, make_private: bool = False) -> PushResult:
         from huggingface_hub import CommitOperationAdd
 
-        record = _read_complete(folder)
+        record = verify_adapter(folder)
         self.check_naming()
         token = self._token()
-        me = self.whoami()
-        if self._namespace is None:
-            self._namespace = me["name"]
-        namespace = self.namespace
-        writable = {me.get("name"), *(o.get("name") for o in me.get("orgs") or [])}
-        if namespace not in writable:
-            raise StoreNamespaceError(
-                f"namespace {namespace!r} belongs to someone else: the token of {me.get('name')!r} can push to "
-                f"{', '.join(sorted(n for n in writable if n))}")
+        self._check_namespace()
         repo_id = self.repo_id(record.user_id, record.task)
         files = self.repo_files(folder, record, repo_id, base_model)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
@@ -422,39 +465,81 @@ class HubStore(AdapterStore):
         return sorted(refs, key=lambda r: r.repo_id)
 
     def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
+        """Files come only once the Hub has said, in this call, that this store's token may read ``repo_id`` at
+        ``revision`` (``model_info``; then that very commit is downloaded): a refused token or a Hub that does not
+        answer gets an error, never a cached copy. Without ``local_dir`` the files go to the Hugging Face cache,
+        where the repo's folder is owner-only."""
         from huggingface_hub import snapshot_download
 
         def download(into: Path | None) -> Path:
-            return Path(snapshot_download(repo_id, revision=revision, token=self.token, endpoint=self.endpoint,
+            return Path(snapshot_download(repo_id, revision=info.sha, token=self.token, endpoint=self.endpoint,
                                           local_dir=into))
 
         with self._errors("pull", repo_id):
+            info = self.api.model_info(repo_id, revision=revision, token=self.token)
             if local_dir is None:
-                return download(None)
+                cache = private_dir(self._cache_dir(repo_id))  # owner-only before anything is downloaded into it
+                folder = download(None)
+                owner_only(cache)
+                return _served(folder, repo_id)
             local_dir = Path(local_dir)
             if not local_dir.exists():
                 with atomic_dir(local_dir, mode=0o700) as tmp:
-                    download(tmp)
+                    _served(download(tmp), repo_id)
                 return local_dir
-            names = [s.rfilename for s in self.api.model_info(repo_id, revision=revision).siblings or []]
             download(local_dir)
-        for name in [*names, ".cache"]:
+        for name in [*(s.rfilename for s in info.siblings or []), ".cache"]:
             if (local_dir / name).exists():
                 owner_only(local_dir / name)
-        return local_dir
+        return _served(local_dir, repo_id)
 
     def history(self, repo_id: str) -> list[str]:
         with self._errors("history of", repo_id):
             return [c.commit_id for c in self.api.list_repo_commits(repo_id)]
 
     def delete(self, repo_id: str) -> None:
-        """Delete the repo on the Hub (the owner's token) and this machine's cached download of it."""
-        from huggingface_hub import constants
-
+        """Delete the repo on the Hub (the owner's token); this machine's downloads of it are
+        :meth:`cached_copies`."""
         token = self._token()
         with self._errors("delete", repo_id):
             self.api.delete_repo(repo_id, token=token, missing_ok=True)
-        shutil.rmtree(Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}", ignore_errors=True)
+
+    def user_repos(self, user_id: str) -> tuple[list[str], dict[str, str]]:
+        repos, hidden = super().user_repos(user_id)
+        try:
+            self._check_namespace()
+        except StoreNamespaceError as e:  # the Hub answers "not found" for the private repos it hides from the token
+            hidden[f"the user's repos in {self.describe()}"] = str(e)
+        return repos, hidden
+
+    def _exists(self, repo_id: str) -> bool:
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+        with self._errors("check", repo_id):
+            try:
+                self.api.model_info(repo_id, token=self.token)
+            except RepositoryNotFoundError:
+                return False
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status in (401, 403):
+                    raise StoreAuthError(f"it exists, but {self.endpoint} does not let this token see it "
+                                         f"(HTTP {status}): delete it with the owner's token") from e
+                raise
+        return True
+
+    @staticmethod
+    def _cache_dir(repo_id: str) -> Path:
+        """The repo's folder in the Hugging Face cache: ``models--{namespace}--{name}``."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+    def cached_copies(self, repo_ids: Sequence[str]) -> list[Path]:
+        """The Hugging Face cache's folders of ``repo_ids`` on this machine (and their lock folders), by name."""
+        folders = [self._cache_dir(repo_id) for repo_id in repo_ids]
+        return [p for f in folders for p in (f, f.parent / ".locks" / f.name) if p.exists()]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -525,7 +610,7 @@ class LocalStore(AdapterStore):
 
     def push(self, folder: str | Path, *, base_model: str | None = None, commit_message: str | None = None,
              private: bool | None = None, make_private: bool = False) -> PushResult:
-        record = _read_complete(folder)
+        record = verify_adapter(folder)
         repo_id = self.repo_id(record.user_id, record.task)
         repo = self.repo_dir(repo_id)
         contents = {name: c if isinstance(c, bytes) else c.read_bytes()
@@ -581,7 +666,7 @@ class LocalStore(AdapterStore):
 
     def pull(self, repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None) -> Path:
         repo, entry = self._resolve(repo_id, revision)
-        path = repo / HISTORY_DIR / str(entry["n"])
+        path = _served(repo / HISTORY_DIR / str(entry["n"]), repo_id)
         if local_dir is None:
             return path
         local_dir = Path(local_dir)
@@ -609,6 +694,12 @@ class LocalStore(AdapterStore):
                 os.replace(repo, doomed)
                 shutil.rmtree(doomed)
             (repo.parent / f".{repo.name}.lock").unlink(missing_ok=True)  # its name carries the user id too
+
+    def _exists(self, repo_id: str) -> bool:
+        repo = self.repo_dir(repo_id)
+        if repo.exists() and not os.access(repo, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreAuthError(f"it exists, but belongs to someone else (no permission on {repo})")
+        return repo.exists()
 
     def _list(self, tags: Sequence[str]) -> list[AdapterRef]:
         from huggingface_hub import metadata_load
@@ -699,9 +790,9 @@ def load_user_adapter(model: Any, store: AdapterStore | str | None, repo_id_or_p
         folder = local
         where = str(local)
     else:
-        folder = open_store(store).pull(str(repo_id_or_path), revision)
+        folder = open_store(store).pull(str(repo_id_or_path), revision)  # checks the repo's user and task
         where = f"{repo_id_or_path}@{revision or 'main'}"
-    record = _read_complete(folder)
+    record = verify_adapter(folder)
     check_base(record, base_fingerprint or model_fingerprint(model), where=where)
     if isinstance(model, PeftModel):
         model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
@@ -709,58 +800,158 @@ def load_user_adapter(model: Any, store: AdapterStore | str | None, repo_id_or_p
     return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
+USERS_FILE = "users.json"  # question id -> user, beside the prediction files of an evaluation
+Change = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 @dataclass
 class ForgetReport:
-    """What :func:`forget_user` did: the local paths it removed, the files it rewrote without the user, and the
-    store repos it deleted."""
+    """What :meth:`ForgetPlan.carry_out` did: the local paths it removed (cached downloads included), the files it
+    rewrote without the user, the store repos it deleted, and what is left, ``{what: why}``."""
 
     user_id: str
     removed: list[Path] = field(default_factory=list)
     rewritten: list[Path] = field(default_factory=list)
     repos: list[str] = field(default_factory=list)
+    remaining: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """What was deleted and what was not, one line each."""
+        return [*(f"deleted repo {r}" for r in self.repos), *(f"removed {p}" for p in self.removed),
+                *(f"removed the user's entries from {p}" for p in self.rewritten),
+                *(f"not deleted: {what}: {why}" for what, why in self.remaining.items())]
+
+    def check(self) -> ForgetReport:
+        """This report, or :class:`ForgetIncompleteError` on one line naming what is left when something is."""
+        if self.remaining:
+            left = "; ".join(f"{what} ({why})" for what, why in self.remaining.items())
+            raise ForgetIncompleteError(
+                f"user {self.user_id!r}: {len(self.remaining)} thing(s) not deleted, "
+                f"{len(self.repos) + len(self.removed) + len(self.rewritten)} deleted; left: {left}; run the same "
+                f"delete again to finish")
+        return self
+
+
+@dataclass
+class ForgetPlan:
+    """Everything to delete about a user, found before anything is deleted (:func:`plan_forget`): the user's
+    ``repos`` in ``store`` and what it would not show (``hidden``, ``{what: why}``), this machine's ``cached``
+    downloads of the user's repos, and local paths to ``remove`` and JSON files to ``rewrite`` without the user
+    (each with the change that drops them)."""
+
+    user_id: str
+    store: AdapterStore | None = None
+    repos: list[str] = field(default_factory=list)
+    hidden: dict[str, str] = field(default_factory=dict)
+    cached: list[Path] = field(default_factory=list)
+    remove: list[Path] = field(default_factory=list)
+    rewrite: dict[Path, Change] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The plan, one line per thing to delete or that cannot be deleted; none when nothing was found."""
+        where = self.store.describe() if self.store else ""
+        return [*(f"to delete: repo {r} ({where})" for r in self.repos),
+                *(f"to remove: {p} (this machine's download of a repo of the user)" for p in self.cached),
+                *(f"to remove: {p}" for p in self.remove),
+                *(f"to remove the user's entries from: {p}" for p in self.rewrite),
+                *(f"cannot delete: {what}: {why}" for what, why in self.hidden.items())]
+
+    def carry_out(self) -> ForgetReport:
+        """Delete what was planned: the store's repos first, then the cached downloads (whatever the store
+        answered), then the local files. Failures are recorded in the report, not raised (:meth:`ForgetReport.check`);
+        what was left is found again by the next plan."""
+        report = ForgetReport(self.user_id, remaining=dict(self.hidden))
+        for repo_id in self.repos:
+            try:
+                self.store.delete(repo_id)  # type: ignore[union-attr]  # repos come from a store
+                report.repos.append(repo_id)
+            except (StoreError, OSError) as e:  # OSError: a local store's folder
+                report.remaining[f"repo {repo_id}"] = str(e)
+        for path in [*self.cached, *self.remove]:
+            try:
+                _remove(path)
+                report.removed.append(path)
+            except OSError as e:
+                report.remaining[str(path)] = str(e)
+        failed: set[Path] = set()
+        for path, change in self.rewrite.items():
+            if path.name == USERS_FILE and path.parent in failed:  # the map of what is left there: keep it
+                report.remaining[str(path)] = "kept: it names the user's questions still in the files beside it"
+                continue
+            try:
+                write_json(path, change(read_json(path)))
+                report.rewritten.append(path)
+            except (OSError, ValueError) as e:
+                failed.add(path.parent)
+                report.remaining[str(path)] = str(e)
+        return report
 
 
 def forget_user(user_id: str, roots: Sequence[str | Path] = (), store: AdapterStore | None = None) -> ForgetReport:
-    """Delete everything oppu-hub keeps about ``user_id`` (the right to be forgotten); for the command and a Space.
+    """Delete everything oppu-hub keeps about ``user_id`` (the right to be forgotten), for a Space or a script:
+    :func:`plan_forget`, then :meth:`ForgetPlan.carry_out`; raises :class:`ForgetIncompleteError`, naming what is
+    left, when something could not be deleted (running it again finishes the job)."""
+    return plan_forget(user_id, roots, store).carry_out().check()
+
+
+def plan_forget(user_id: str, roots: Sequence[str | Path] = (), store: AdapterStore | None = None) -> ForgetPlan:
+    """Find everything oppu-hub keeps about ``user_id``, deleting nothing.
 
     Under each folder of ``roots`` (searched recursively): the user's adapter folders of every task and variant
     (named by the user, their ``oppu.json`` naming them), training work folders (``.{user}.work``: optimizer
     state and the user's data order) and interrupted temporaries; cached profiles (``{user}.json`` naming them);
     the user's entries in ``run.json``; and the user's predictions in prediction folders with a ``users.json``
-    (question id -> user), rewritten without them. In ``store``: every adapter repo of the user, with its history
-    (:meth:`AdapterStore.delete_user`; on the Hub this needs the owner's token). A missing root is an error, so a
-    typo cannot pass for a deletion."""
+    (question id -> user). In ``store``: every adapter repo of the user (:meth:`AdapterStore.user_repos`; on the
+    Hub this needs the owner's token, and what the token may not see is recorded, not skipped) and this machine's
+    downloads of any repo the user's adapters can have there (by name, whatever the store answers). A missing
+    root, or a store that names users by a hash it has no salt for, is an error: nothing could be found right."""
     missing = [str(r) for r in roots if not Path(r).is_dir()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: no such folder to delete user {user_id!r} from")
-    report = ForgetReport(user_id)
-    name = safe_name(user_id)
-    temporary = re.compile(rf"^\.{re.escape(name)}\.(work|.+\.tmp|old-\d+)$")
-    for root in roots:
-        for top, dirs, files in os.walk(root):
-            here = Path(top)
-            for d in list(dirs):
-                path = here / d
-                if d == HISTORY_DIR or temporary.match(d) or (d == name and _names_user(path / RECORD_FILE, user_id)):
-                    dirs.remove(d)  # not searched further: removed, or a local store's revisions (the store's)
-                    if d != HISTORY_DIR:
-                        shutil.rmtree(path)
-                        report.removed.append(path)
-            for f in files:
-                path = here / f
-                if temporary.match(f) or (f == f"{name}.json" and _names_user(path, user_id)):
-                    path.unlink()
-                    report.removed.append(path)
-                elif f == "run.json":
-                    report.rewritten += _rewrite(path, lambda run: {
-                        k: [u for u in v if u != user_id] if isinstance(v, list)
-                        else {u: x for u, x in v.items() if u != user_id} if isinstance(v, dict) else v
-                        for k, v in run.items()})
-                elif f == "users.json":
-                    report.rewritten += _forget_predictions(path, user_id)
+    plan = ForgetPlan(user_id, store)
     if store is not None:
-        report.repos = store.delete_user(user_id)
-    return report
+        store.check_naming()
+    for root in roots:
+        _plan_local(plan, Path(root))
+    if store is not None:
+        _plan_store(plan, store)
+    return plan
+
+
+def _plan_store(plan: ForgetPlan, store: AdapterStore) -> None:
+    try:
+        plan.repos, plan.hidden = store.user_repos(plan.user_id)
+    except StoreError as e:
+        plan.hidden[f"the user's repos in {store.describe()}"] = str(e)
+    try:
+        plan.cached = store.cached_copies(sorted({*plan.repos, *store.possible_repos(plan.user_id)}))
+    except StoreError as e:  # a Hub store without a namespace, whose token the Hub refused: no names to look for
+        plan.hidden[f"this machine's downloads of the user's repos from {store.describe()}"] = str(e)
+
+
+def _plan_local(plan: ForgetPlan, root: Path) -> None:
+    user_id = plan.user_id
+    name = safe_name(user_id)
+    temporary = re.compile(rf"^\.{re.escape(name)}\.(work|lock|.+\.tmp|old-\d+)$")  # a killed run's leftovers
+    for top, dirs, files in os.walk(root):
+        here = Path(top)
+        for d in list(dirs):
+            path = here / d
+            if d == HISTORY_DIR or temporary.match(d) or (d == name and _names_user(path / RECORD_FILE, user_id)):
+                dirs.remove(d)  # not searched further: to remove, or a local store's revisions (the store's)
+                if d != HISTORY_DIR:
+                    plan.remove.append(path)
+        for f in files:
+            path = here / f
+            if temporary.match(f) or (f == f"{name}.json" and _names_user(path, user_id)):
+                plan.remove.append(path)
+            elif f == RUN_FILE:
+                _plan_rewrite(plan, path, lambda run: {
+                    k: [u for u in v if u != user_id] if isinstance(v, list)
+                    else {u: x for u, x in v.items() if u != user_id} if isinstance(v, dict) else v
+                    for k, v in run.items()})
+            elif f == USERS_FILE:
+                _plan_predictions(plan, path)
 
 
 def _names_user(path: Path, user_id: str) -> bool:
@@ -771,26 +962,30 @@ def _names_user(path: Path, user_id: str) -> bool:
     return isinstance(data, dict) and data.get("user_id") == user_id
 
 
-def _rewrite(path: Path, change: Any) -> list[Path]:
-    """Rewrite the JSON object in ``path`` as ``change(obj)`` when that differs (atomically); ``[path]`` if so."""
+def _plan_rewrite(plan: ForgetPlan, path: Path, change: Change) -> None:
+    """Plan to rewrite the JSON object in ``path`` as ``change(obj)`` when that differs."""
     data = read_json(path)
-    if not isinstance(data, dict) or (new := change(data)) == data:
-        return []
-    write_json(path, new)
-    return [path]
+    if isinstance(data, dict) and change(data) != data:
+        plan.rewrite[path] = change
 
 
-def _forget_predictions(users_file: Path, user_id: str) -> list[Path]:
-    """Drop ``user_id``'s questions from the LaMP-format files beside ``users_file`` (``{question id: user}``)."""
+def _plan_predictions(plan: ForgetPlan, users_file: Path) -> None:
+    """Plan to drop the user's questions from the LaMP-format files beside ``users_file`` (``{question id: user}``),
+    then from ``users_file`` itself."""
     users = read_json(users_file)
-    if not isinstance(users, dict):
-        return []
-    ids = {q for q, u in users.items() if u == user_id}
+    ids = {q for q, u in users.items() if u == plan.user_id} if isinstance(users, dict) else set()
     if not ids:
-        return []
-    rewritten = []
+        return
     for path in sorted(users_file.parent.glob("*.json")):
         if path != users_file:
-            rewritten += _rewrite(path, lambda d: {**d, "golds": [g for g in d["golds"] if not (
+            _plan_rewrite(plan, path, lambda d: {**d, "golds": [g for g in d["golds"] if not (
                 isinstance(g, dict) and str(g.get("id")) in ids)]} if isinstance(d.get("golds"), list) else d)
-    return [*rewritten, *_rewrite(users_file, lambda d: {q: u for q, u in d.items() if q not in ids})]
+    _plan_rewrite(plan, users_file, lambda d: {q: u for q, u in d.items() if q not in ids})
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree; one already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ They are read from ``oppu_hub/protocol.json``; a task without a choice of its ow
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .protocol import task_choices
 
@@ -24,6 +25,7 @@ class UserAdapterDefaults:
 
 
 TUNED_FIELDS = tuple(f.name for f in fields(UserAdapterDefaults))  # the settings swept per task
+TUNED_SETTINGS = (*TUNED_FIELDS, "lora_alpha")  # the config fields user_settings resolves
 
 
 def user_defaults(task: str) -> UserAdapterDefaults:
@@ -32,3 +34,16 @@ def user_defaults(task: str) -> UserAdapterDefaults:
     return UserAdapterDefaults(learning_rate=float(user["learning_rate"]),
                                num_train_epochs=float(user["num_train_epochs"]),
                                target_modules=tuple(user["target_modules"]), lora_r=int(user["lora_r"]))
+
+
+def user_settings(task: str, **given: Any) -> dict[str, Any]:
+    """The user-adapter settings of ``task``, resolved in one place for ``train-users``, ``eval``, the demo, the
+    Space and the benches: the task's dev-tuned values, overridden by the ``given`` ones that are not ``None``; alpha
+    follows the rank unless given. Keys are :class:`trainers.UserAdapterConfig` fields."""
+    tuned = user_defaults(task)
+    settings: dict[str, Any] = {"learning_rate": tuned.learning_rate, "num_train_epochs": tuned.num_train_epochs,
+                                "target_modules": list(tuned.target_modules), "lora_r": tuned.lora_r}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    settings.setdefault("lora_alpha", settings["lora_r"])
+    return settings
+

@@ -13,10 +13,10 @@ users never reloads a base.
 **Whose token reads what.** Over a Hub store (``hub:NAMESPACE``) adapters are read with the *visitor's* token:
 an anonymous visitor's requests carry no token at all (public adapters only), a visitor signed in with Hugging
 Face (OAuth; ``hf_oauth`` in the Space card) reads what their own token may, and also sees the adapters of their
-own namespace. The Space's own token (``HF_TOKEN``) never reads an adapter. Pulled copies go to a folder of each
-visitor's own: ``huggingface_hub`` falls back to its cache when the Hub refuses a token, so a shared cache would
-hand one visitor's private adapter to the next. A local folder or local store of adapters is the operator's, read
-as before.
+own namespace. The Space's own token (``HF_TOKEN``) never reads an adapter. Every load asks the Hub whether the
+visitor's token may read the adapter before a file is served (``HubStore.pull``), so the shared, owner-only
+download cache never hands one visitor's private adapter to the next. A local folder or local store of adapters is
+the operator's, read as before.
 
 **Make my adapter.** A visitor uploads their history for a task (a LaMP profile: a JSON list of items, or JSON
 Lines), checked as LaMP data is; their adapter is trained on the shared task-adapted k=0 base with ``train_users``
@@ -99,7 +99,7 @@ class SpaceConfig:
     task: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_TASK", "LaMP-2N"),
                       metadata={"help": "task shown first (env OPPU_HUB_TASK)"})
     split: str = field(default="test", metadata={"help": "split whose users and queries are shown"})
-    k: int = field(default=1, metadata={"help": "default retrieval depth"})
+    k: int = field(default=0, metadata={"help": "default retrieval depth"})
     max_adapters: int = field(default=8, metadata={"help": "resident adapters at most (LRU)"})
     max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
     max_items: int = field(default_factory=lambda: int(os.environ.get("OPPU_HUB_MAX_ITEMS", 32)), metadata={
@@ -127,11 +127,6 @@ class Visitor:
 
     token: str | None = None
     name: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Names the visitor's folder of pulled adapters (Hub names never start with ``_``)."""
-        return self.name or "_anonymous"
 
 
 ANONYMOUS = Visitor()
@@ -238,7 +233,7 @@ class Backend:
         self._names: OrderedDict[str, str] = OrderedDict()  # sha256 of a visitor's token -> their Hub name
         self._lock = threading.Lock()
         self.base_loads = 0
-        # Visitors' pulled adapters, uploads and trained adapters: owner-only, removed with the backend.
+        # Visitors' uploads and trained adapters: owner-only, removed with the backend.
         self.work = Path(tempfile.mkdtemp(prefix="oppu-space-"))
         weakref.finalize(self, shutil.rmtree, self.work, True)
 
@@ -378,15 +373,6 @@ class Backend:
             raise SpaceError("sign in with Hugging Face first")
         return HubStore(visitor.name, token=visitor.token, hash_user_ids=False)
 
-    def _pull(self, store: Any, repo_id: str, visitor: Visitor) -> Path:
-        """``repo_id``'s latest revision read as ``visitor``; Hub copies go to the visitor's own folder (only
-        changed files are downloaded again)."""
-        from oppu_hub.store import HubStore
-
-        if not isinstance(store, HubStore):
-            return store.pull(repo_id)
-        return store.pull(repo_id, local_dir=self.work / "pulls" / visitor.key / repo_id)
-
     def _adapters_root(self, task: str, k: int = 0) -> Path:
         return Path(_fill(self.config.adapters_dir, task, k))
 
@@ -430,7 +416,7 @@ class Backend:
             raise AdapterNotFoundError(f"{user} is not one of your adapters: sign in as its owner")
         store = self.own_store(visitor) if own else self.store(visitor)
         try:
-            return self._pull(store, user if own else store.repo_id(user, task), visitor)
+            return store.pull(user if own else store.repo_id(user, task))  # the store checks the token each time
         except Exception as e:  # store errors: not found, auth, connection
             raise AdapterNotFoundError(f"no adapter for user {user!r} in {store.describe()}: {e}") from e
 
@@ -515,17 +501,12 @@ class Backend:
     def training_config(self, task: str, data_dir: Path, output_dir: Path, user: str) -> Any:
         """The ``train_users`` config of a visitor's adapter: the k=0 base, the task's tuned defaults (epochs and
         learning rate as configured)."""
-        from oppu_hub.tuned import user_defaults
         from trainers import UserAdapterConfig
 
-        tuned = user_defaults(task)
-        return UserAdapterConfig(
-            task=task, data_dir=str(data_dir), split=self.config.split, base_dir=_fill(self.config.base_dir, task, 0),
-            k=0,
+        return UserAdapterConfig.for_task(
+            task, data_dir=str(data_dir), split=self.config.split, base_dir=_fill(self.config.base_dir, task, 0), k=0,
             output_dir=str(output_dir), users=[user], max_prompt_length=self.config.max_prompt_length,
-            num_train_epochs=self.config.train_epochs or tuned.num_train_epochs,
-            learning_rate=self.config.train_learning_rate or tuned.learning_rate,
-            target_modules=list(tuned.target_modules), lora_r=tuned.lora_r, lora_alpha=tuned.lora_alpha)
+            num_train_epochs=self.config.train_epochs, learning_rate=self.config.train_learning_rate)
 
     def make_adapter(self, task: str, upload: str | None, query: str, visitor: Visitor,
                      progress: Callable[[float, str], None] = lambda fraction, desc: None) -> dict[str, Any]:
@@ -593,14 +574,11 @@ class Backend:
         return self.own_store(visitor).list(user_id=visitor.name)
 
     def delete_mine(self, visitor: Visitor) -> list[str]:
-        """Delete the visitor's adapter repos with all their revisions, as ``oppu-hub delete`` does, and the
-        Space's copies of what they pulled; returns the deleted repo ids."""
+        """Delete the visitor's adapter repos with all their revisions and this machine's downloads of them, as
+        ``oppu-hub delete`` does; returns the deleted repo ids."""
         from oppu_hub.store import forget_user
 
-        store = self.own_store(visitor)
-        report = forget_user(visitor.name, store=store)
-        shutil.rmtree(self.work / "pulls" / visitor.key, ignore_errors=True)
-        return report.repos
+        return forget_user(visitor.name, store=self.own_store(visitor)).repos
 
 
 def _unavailable_note(error: Exception) -> str:
@@ -649,7 +627,7 @@ def build_app(config: SpaceConfig | None = None, backend: Backend | None = None)
     import gradio as gr
     import pandas as pd
 
-    from oppu_hub.tuned import user_defaults
+    from oppu_hub.tuned import user_settings
 
     config = config or SpaceConfig()
     backend = backend or Backend(config)
@@ -776,7 +754,7 @@ def build_app(config: SpaceConfig | None = None, backend: Backend | None = None)
             "Nothing to delete."
         return done, None, mine(oauth)
 
-    epochs = config.train_epochs or user_defaults(first_task).num_train_epochs
+    epochs = user_settings(first_task, num_train_epochs=config.train_epochs)["num_train_epochs"]
     # Uploaded histories are personal data: gradio's copies are deleted after an hour (checked every 10 minutes).
     with gr.Blocks(title="OPPU Hub: one PEFT per user", delete_cache=(600, 3600)) as app:
         gr.Markdown("# OPPU Hub: one PEFT per user\nA shared base LLM with each user's own LoRA adapter "

@@ -93,7 +93,8 @@ class FakeHub:
     """The server state plus a ``ThreadingHTTPServer`` on 127.0.0.1 (a free port): ``start()``, ``stop()``,
     ``url``. ``fail_next(kind, ...)`` makes the next matching request(s) fail (``kind`` is an endpoint name:
     ``commit``, ``preupload``, ``create``, ``settings``, ``resolve``...), by an HTTP status, by dropping the
-    connection or by answering late; ``settings_changes`` records each visibility change."""
+    connection or by answering late; ``settings_changes`` records each visibility change; ``reveal_private`` makes
+    it answer 403 (exists, no access) instead of "not found" for private repos the caller may not read."""
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
@@ -101,6 +102,9 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, user)
         self._failures: list[dict[str, Any]] = []
         self.settings_changes: list[tuple[str, bool]] = []  # (repo id, private)
+        # True: a private repo the caller may not read is answered 403 (it exists, no access), as a Hub that does
+        # not hide private repos (or a scoped token's) would; False: 401/404 "not found", as the Hub answers.
+        self.reveal_private = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -165,6 +169,8 @@ class FakeHub:
 
     def readable(self, repo_id: str, user: str | None) -> Repo:
         repo = self.repos.get(repo_id)
+        if repo is not None and not self.can_read(repo, user) and self.reveal_private:
+            raise HubError(403, f"You don't have access to {repo_id}")
         if repo is None or not self.can_read(repo, user):
             # The Hub answers 401 to anonymous callers and 404 to others, RepoNotFound either way.
             raise HubError(401 if user is None else 404, "Repository not found", "RepoNotFound")

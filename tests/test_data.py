@@ -65,6 +65,10 @@ def test_user_id_defaults_to_question_id(tmp_path):
     (lambda qs: qs[0]["profile"].append(dict(qs[0]["profile"][0])), "duplicate profile item id 'q1-0'"),
     (lambda qs: qs[0].update(input="Generate a headline for the following article: x"), "does not follow"),
     (lambda qs: qs[0].update(profile="nope"), "'profile' must be a list"),
+    (lambda qs: qs[0]["profile"][1].update(score="nan"), "profile item 'q1-1' has score 'nan', not a rating"),
+    (lambda qs: qs[1]["profile"][0].update(score=7), "question 'q2': profile item 'q2-0' has score 7, not a rating"),
+    (lambda qs: qs[0].update(user_id=""), "question 'q1': empty user_id"),  # not silently the question id
+    (lambda qs: qs[0].update(user_id=None), "question 'q1': empty user_id"),
 ])
 def test_bad_questions_fail_naming_file_and_item(tmp_path, mutate, message):
     qs = [question("q1"), question("q2")]
@@ -86,6 +90,16 @@ def test_questions_without_golds(tmp_path):
     q, o = write(tmp_path, [question("q1"), question("q2")], [{"id": "q1", "output": "3"}])
     with pytest.raises(LampDataError, match=r"dev_outputs.json: no gold output for questions \['q2'\]"):
         load_split(q, o)
+
+
+@pytest.mark.parametrize("gold", ["nan", "inf", "-Infinity", "0", "5.5", "four"])
+def test_rating_golds_are_finite_and_within_the_scale(tmp_path, gold):
+    golds = [{"id": "q1", "output": "1"}, {"id": "q2", "output": gold}]
+    q, o = write(tmp_path, [question("q1"), question("q2")], golds)
+    with pytest.raises(LampDataError, match=f"dev_outputs.json: gold '{gold}' of question 'q2' is not a rating from 1"):
+        load_split(q, o)
+    q, o = write(tmp_path, [question("q1")], [{"id": "q1", "output": "4.5"}])
+    assert load_split(q, o).questions[0].gold == "4.5"
 
 
 def test_wrong_task(tmp_path):

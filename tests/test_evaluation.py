@@ -221,11 +221,11 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
     for folder in artifacts:
         folder.with_name(folder.name + ".away").rename(folder)
     # A changed tuned default names other adapters: the task runs again and trains them, on the reused bases.
-    import oppu_hub.evaluation
+    import oppu_hub.tuned
 
-    tuned = oppu_hub.evaluation.user_defaults("LaMP-2N")
+    tuned = oppu_hub.tuned.user_defaults("LaMP-2N")
     with monkeypatch.context() as m:
-        m.setattr(oppu_hub.evaluation, "user_defaults",
+        m.setattr(oppu_hub.tuned, "user_defaults",
                   lambda task: dataclasses.replace(tuned, learning_rate=tuned.learning_rate / 2))
         assert main([*args, "--resamples", "20"]) == 0
     assert sorted(trained) == ["user"] * 3  # 2 users and the pooled adapter

@@ -52,3 +52,31 @@ def test_a_recorded_choice_merges_into_the_task_entry(tmp_path):
     table = json.loads(path.read_text())
     assert table == {"LaMP-2N": {"base_epochs": 3.0, "user": {"learning_rate": 1e-3}}, "LaMP-7": {"base_epochs": 1.0}}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_train_users_takes_the_tasks_tuned_settings_and_flags_win():
+    from oppu_hub.cli import build_parser, config_from_args
+    from trainers import UserAdapterConfig
+
+    def parsed(*flags):
+        return config_from_args(UserAdapterConfig, build_parser().parse_args(["train-users", *flags]))
+
+    for task in ("LaMP-5", "LaMP-2N", "LaMP-3"):
+        tuned = user_defaults(task)
+        config = parsed("--task", task)
+        assert (config.learning_rate, config.num_train_epochs, config.target_modules, config.lora_r,
+                config.lora_alpha) == (tuned.learning_rate, tuned.num_train_epochs, list(tuned.target_modules),
+                                       tuned.lora_r, tuned.lora_r)
+        assert config == UserAdapterConfig.for_task(task)  # the Python API resolves the same way
+    given = parsed("--task", "LaMP-5", "--learning_rate", "0.01", "--lora_r", "4")
+    assert (given.learning_rate, given.lora_r, given.lora_alpha) == (0.01, 4, 4)  # alpha follows the rank given
+    assert UserAdapterConfig.for_task("LaMP-5", learning_rate=0.01, lora_r=4) == given
+
+
+def test_train_users_help_shows_the_tasks_defaults(capsys):
+    from oppu_hub.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-users", "--task", "LaMP-5", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"peak learning rate (default: {user_defaults('LaMP-5').learning_rate})" in text

@@ -67,7 +67,8 @@ def single(tmp_path_factory, data, tiny_base):
 
 
 def user_config(data: Path, base: Path, out: Path) -> UserAdapterConfig:
-    return UserAdapterConfig(**FAST, data_dir=str(data), base_dir=str(base), output_dir=str(out))
+    """What ``train-users`` with the ``FAST`` flags trains: the task's tuned settings where FAST gives none."""
+    return UserAdapterConfig.for_task(**FAST, data_dir=str(data), base_dir=str(base), output_dir=str(out))
 
 
 def assert_same_adapters(out: Path, reference: Path) -> None:

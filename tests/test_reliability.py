@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from conftest import REPO, make_lamp2n, make_random_adapter, user_config
-from hub_server import ALICE, ALICE_READ_ONLY
+from hub_server import ALICE, ALICE_READ_ONLY, BOB
 from oppu_hub.adapters import AdapterRecord
 from oppu_hub.io import atomic_dir, remove_stale_temps
 from oppu_hub.models import model_fingerprint
-from oppu_hub.store import HubStore, LocalStore, StoreAuthError, StoreUploadError, forget_user
+from oppu_hub.store import ForgetIncompleteError, HubStore, LocalStore, StoreUploadError, forget_user
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
     from hub_fixtures import HubEnv
 
 pytest_plugins = ("hub_fixtures",)
@@ -115,11 +117,16 @@ def test_a_store_repo_left_aside_by_a_crash_is_put_back_on_the_next_read(tmp_pat
 
 
 def bare_adapter_folder(tmp_path: Path) -> Path:
-    """A folder that passes as a complete adapter (the store does not load weights)."""
+    """A folder that verifies as an adapter (a rank-1 LoRA of one 2x2 layer) without any model behind it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
+    layer = "base_model.model.layer"
+    save_file({f"{layer}.lora_A.weight": np.ones((1, 2), np.float32),
+               f"{layer}.lora_B.weight": np.ones((2, 1), np.float32)}, str(folder / "adapter_model.safetensors"))
     AdapterRecord(user_id="u1", task="LaMP-2N", base_model="b", base_fingerprint="f").save(folder)
     return folder
 
@@ -426,13 +433,16 @@ def test_delete_removes_the_users_hub_repos(hub_env: HubEnv, adapter_template, t
     cached = Path(constants.HF_HUB_CACHE) / "models--alice--oppu-lamp-2n-u1"
     assert cached.is_dir()
 
-    with pytest.raises(StoreAuthError, match="permission denied.*'delete repo'"):
-        HubStore("alice", endpoint=hub_env.url, token=ALICE_READ_ONLY, salt="pepper").delete_user("u1")
-    assert hashed.delete_user("u1") == sorted(["alice/oppu-lamp-2n-u1", hashed_repo])  # raw- and hash-named
+    read_only = HubStore("alice", endpoint=hub_env.url, token=ALICE_READ_ONLY, salt="pepper")
+    with pytest.raises(ForgetIncompleteError, match="permission denied.*'delete repo'"):
+        forget_user("u1", store=read_only)
+    assert not cached.exists()  # this machine's copy goes whatever the Hub answers
     api = HfApi(endpoint=hub_env.url, token=ALICE)
+    assert len(list(api.list_models(author="alice"))) == 3
+    report = forget_user("u1", store=hashed)
+    assert report.repos == sorted(["alice/oppu-lamp-2n-u1", hashed_repo])  # raw- and hash-named
     assert sorted(m.id for m in api.list_models(author="alice")) == ["alice/oppu-lamp-2n-u2"]
     assert [m.id for m in api.list_models(author="lamp-lab")] == ["lamp-lab/oppu-lamp-2n-u1"]  # another namespace
-    assert not cached.exists()
 
     runs = tmp_path / "runs"
     adapter(adapter_template, runs / "users" / "LaMP-2N" / "k0-lora" / "u2", "u2")
@@ -650,3 +660,442 @@ def test_a_1mb_history_item_is_cut_to_the_prompt_budget_not_fatal(tmp_path, tiny
     assert cli("predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base), "--k", "1",
                "--output", str(out)) == 0
     assert len(json.loads(out.read_text())["golds"]) == 1 and "1 predictions written" in capsys.readouterr().out
+
+
+# ===============================================================================================================
+# Ratings and prediction files: a LaMP-3 rating is finite and within 1-5 (else refused, naming the file and the
+# item), and predict --output replaces no file silently and never an input file of the data
+# ===============================================================================================================
+def _lamp3(data: Path, gold: str = "4", score: str = "3") -> Path:
+    """A LaMP-3 data dir (train and test splits, two users each): the test question ``t0`` has ``gold`` and its
+    history item ``t0-h0`` has ``score``."""
+    from oppu_hub.data import LampSplit, Question, write_split
+    from oppu_hub.tasks import get_task
+
+    task = get_task("LaMP-3")
+    for split in ("train", "test"):
+        questions = []
+        for n in range(2):
+            qid = f"{split[:2]}{n}"
+            items = [{"id": f"{qid}-h{j}", "text": f"review {j} of {qid}", "score": str(1 + (n + j) % 5),
+                      "date": f"2020-01-{j + 1:02d}"} for j in range(3)]
+            questions.append(Question(qid, task.format_input(text=f"a product of {qid}"), items, f"u{split}{n}", "2"))
+        if split == "test":
+            questions[0].gold = gold
+            questions[0].profile[0]["score"] = score
+        write_split(LampSplit(task, questions), data / task.name, split)
+    return data
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "6", "NaN"])
+@pytest.mark.parametrize("where", ["gold", "history"])
+def test_bad_ratings_are_refused_naming_the_file_and_item(tmp_path, capsys, value, where):
+    data = _lamp3(tmp_path / "data", **{"gold" if where == "gold" else "score": value})
+    folder = data / "LaMP-3"
+    culprit = ("test_outputs.json", "'te0'") if where == "gold" else ("test_questions.json", "'te0-h0'")
+    assert cli("data", "validate", "--questions", str(folder / "test_questions.json"),
+               "--outputs", str(folder / "test_outputs.json")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(c in err for c in culprit) and value in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("where", ["gold", "history"])
+def test_predict_and_eval_refuse_bad_ratings(tmp_path, tiny_base, capsys, value, where):
+    data = _lamp3(tmp_path / "data", **{"gold" if where == "gold" else "score": value})
+    culprit = "test_outputs.json" if where == "gold" else "test_questions.json"
+    runs = [["predict", "--task", "LaMP-3", "--data_dir", str(data), "--base_dir", str(tiny_base),
+             "--output", str(tmp_path / "predictions.json")],
+            ["eval", "--data_dir", str(data), "--workdir", str(tmp_path / "work"), "--tasks", "LaMP-3",
+             "--methods", "user-majority"]]
+    for argv in runs:
+        assert cli(*argv) == 2, argv[0]
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "mae=nan" not in captured.out and len(err.splitlines()) == 1 and culprit in err, err
+    assert not (tmp_path / "predictions.json").exists()
+
+
+def test_predict_output_replaces_no_file_silently_and_never_an_input(tmp_path, tiny_base, capsys):
+    data, _, _ = _lamp(tmp_path)
+    inputs = {p: p.read_bytes() for p in (data / "LaMP-2N").iterdir()}
+    out = tmp_path / "predictions.json"
+    out.write_text("mine")
+    predict = ["predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base)]
+    assert cli(*predict, "--output", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out} exists" in err and "--overwrite" in err
+    assert out.read_text() == "mine"
+    link = tmp_path / "link.json"
+    link.symlink_to(data / "LaMP-2N" / "test_questions.json")
+    for target in (data / "LaMP-2N" / "test_outputs.json", data / "LaMP-2N" / "test_questions.json",
+                   data / "LaMP-2N" / "dev_outputs.json", link):  # dev_outputs.json: absent, an input still
+        assert cli(*predict, "--output", str(target), "--overwrite") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "input file" in err, err
+    assert {p: p.read_bytes() for p in (data / "LaMP-2N").iterdir()} == inputs
+    assert cli(*predict, "--output", str(out), "--overwrite") == 0
+    assert json.loads(out.read_text())["task"] == "LaMP_2N" and "1 predictions written" in capsys.readouterr().out
+
+
+# ===============================================================================================================
+# Deleting a user is all-or-reported: the plan first, then store repos, this machine's downloads (whatever the Hub
+# answers) and local files; what is left is named on one line (exit 2) and a rerun finishes; "not allowed to see"
+# is told apart from "not found"
+# ===============================================================================================================
+def _users_data(template: Path, hub_env: HubEnv, tmp_path: Path) -> tuple[Path, HfApi]:
+    """u1's repos in alice's namespace (LaMP-2N and LaMP-3, raw ids), alice's cached download of the first, and
+    u1's and u2's local adapters with their run.json entries; returns the runs folder and alice's HfApi."""
+    from huggingface_hub import HfApi
+
+    store = HubStore("alice", endpoint=hub_env.url, token=ALICE, hash_user_ids=False)
+    store.push(adapter(template, tmp_path / "push-2n", "u1"))
+    store.push(adapter(template, tmp_path / "push-3", "u1", "LaMP-3"))
+    store.pull("alice/oppu-lamp-2n-u1")
+    runs = tmp_path / "runs"
+    users = runs / "users" / "LaMP-2N" / "k0-lora"
+    for user in ("u1", "u2"):
+        adapter(template, users / user, user)
+    (users / "run.json").write_text(json.dumps({"trained": ["u1", "u2"], "seconds": {"u1": 1.0, "u2": 2.0}}))
+    return runs, HfApi(endpoint=hub_env.url, token=ALICE)
+
+
+def _cached() -> list[str]:
+    from huggingface_hub import constants
+
+    return sorted(p.name for p in Path(constants.HF_HUB_CACHE).glob("models--*"))
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["lost-request", "lost-answer"])
+def test_a_dropped_answer_during_delete_is_reported_and_a_rerun_finishes(hub_env: HubEnv, adapter_template,
+                                                                         tmp_path, capsys, landed):
+    runs, api = _users_data(adapter_template, hub_env, tmp_path)
+    assert _cached() == ["models--alice--oppu-lamp-2n-u1"]
+    capsys.readouterr()
+    delete = ["delete", "--user", "u1", "--roots", str(runs), "--store", "hub:alice", "--raw_user_ids"]
+    hub_env.hub.fail_next("delete", disconnect=True, after=landed)  # the first repo delete gets no answer
+    assert cli(*delete) == 2
+    out, err = capsys.readouterr()
+    plan = [line for line in out.splitlines() if line.startswith("to ")]
+    assert out.startswith("\n".join(plan)) and len(plan) == 6, out  # the whole plan comes first
+    assert {"to delete: repo alice/oppu-lamp-2n-u1", "to delete: repo alice/oppu-lamp-3-u1"} <= \
+        {line.split(" (")[0] for line in plan}
+    assert sum("models--alice--oppu-lamp-2n-u1 (this machine's download" in line for line in plan) == 2  # + .locks
+    assert f"to remove: {runs / 'users' / 'LaMP-2N' / 'k0-lora' / 'u1'}" in plan
+    assert f"to remove the user's entries from: {runs / 'users' / 'LaMP-2N' / 'k0-lora' / 'run.json'}" in plan
+    assert "deleted repo alice/oppu-lamp-3-u1" in out and "not deleted: repo alice/oppu-lamp-2n-u1" in out
+    assert len(err.strip().splitlines()) == 1 and "alice/oppu-lamp-2n-u1" in err and "run the same delete" in err
+    # everything else is gone: the other repo, the cached copy, the local adapter and its run.json entries
+    left = sorted(m.id for m in api.list_models(author="alice"))
+    assert left == ([] if landed else ["alice/oppu-lamp-2n-u1"]) and _cached() == []
+    users = runs / "users" / "LaMP-2N" / "k0-lora"
+    assert not (users / "u1").exists() and (users / "u2" / "oppu.json").is_file()
+    assert json.loads((users / "run.json").read_text()) == {"trained": ["u2"], "seconds": {"u2": 2.0}}
+
+    assert cli(*delete) == 0  # the rerun finishes the job
+    out = capsys.readouterr().out
+    assert ("deleted repo alice/oppu-lamp-2n-u1" in out) != landed
+    assert landed == ("nothing of user 'u1' found" in out)
+    assert list(api.list_models(author="alice")) == []
+
+
+def test_a_failed_listing_still_removes_the_cached_and_local_copies_and_says_what_is_left(
+        hub_env: HubEnv, adapter_template, tmp_path, monkeypatch, capsys):
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", type("NoWait", (), {"sleep": staticmethod(lambda s: None)}))
+    runs, api = _users_data(adapter_template, hub_env, tmp_path)
+    delete = ["delete", "--user", "u1", "--roots", str(runs), "--store", "hub:alice", "--raw_user_ids"]
+    hub_env.hub.fail_next("list", status=503, times=6)  # the client's retries (5) fail too
+    capsys.readouterr()
+    assert cli(*delete) == 2
+    out, err = capsys.readouterr()
+    assert "cannot delete: the user's repos in hub:alice" in out and "503" in out
+    assert len(err.strip().splitlines()) == 1 and "503" in err and "run the same delete" in err, err
+    assert _cached() == [] and not (runs / "users" / "LaMP-2N" / "k0-lora" / "u1").exists()
+    assert len(list(api.list_models(author="alice"))) == 2
+    assert cli(*delete) == 0
+    assert "deleted repo alice/oppu-lamp-3-u1" in capsys.readouterr().out
+    assert list(api.list_models(author="alice")) == []
+
+
+def test_delete_finds_an_empty_repo_a_failed_push_left(hub_env: HubEnv, adapter_template, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    store = HubStore("alice", endpoint=hub_env.url, token=ALICE, hash_user_ids=False)
+    hub_env.hub.fail_next("commit", status=500)
+    with pytest.raises(StoreUploadError):
+        store.push(adapter(adapter_template, tmp_path / "u1", "u1"))
+    assert list(hub_env.hub.repos) == ["alice/oppu-lamp-2n-u1"]  # named after u1, no card, no tags
+    assert forget_user("u1", store=store).repos == ["alice/oppu-lamp-2n-u1"]
+    assert list(HfApi(endpoint=hub_env.url, token=ALICE).list_models(author="alice")) == []
+
+
+@pytest.mark.parametrize("reveal", [False, True], ids=["hub-says-not-found", "hub-says-forbidden"])
+def test_delete_tells_not_found_from_not_allowed_to_see(hub_env: HubEnv, adapter_template, tmp_path, monkeypatch,
+                                                        capsys, reveal):
+    runs, api = _users_data(adapter_template, hub_env, tmp_path)
+    hub_env.hub.reveal_private = reveal
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    delete = ["delete", "--user", "u1", "--roots", str(empty), "--store", "hub:alice", "--raw_user_ids"]
+    monkeypatch.setenv("HF_TOKEN", BOB)
+    capsys.readouterr()
+    assert cli(*delete) == 2
+    out, err = capsys.readouterr()
+    assert "nothing of user" not in out and "cannot delete: the user's repos in hub:alice" in out
+    assert "belongs to someone else" in err and "may not write there nor see its private repos" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert ("cannot delete: alice/oppu-lamp-3-u1: it exists, but" in out) == reveal
+    assert len(list(api.list_models(author="alice"))) == 2  # alice's repos are untouched
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    assert cli("delete", "--user", "nobody", "--roots", str(empty), "--store", "hub:alice", "--raw_user_ids") == 0
+    assert "nothing of user 'nobody' found" in capsys.readouterr().out
+
+
+# ===============================================================================================================
+# Distinct ids get distinct adapters; adapters verify (files, shapes, sha256, user and task) before they are used,
+# and an unverifiable one is replaced; runs sharing a folder skip each other's users and merge run.json
+# ===============================================================================================================
+CLASHING_IDS = ("../../escape", "escape-c1a232ee")  # the first one's hashed name was the second one verbatim
+
+
+def test_distinct_ids_get_distinct_names_and_safe_ids_keep_theirs():
+    from oppu_hub.adapters import adapter_name
+    from oppu_hub.cards import slug
+    from oppu_hub.io import safe_name
+
+    for name in (safe_name, slug, adapter_name):
+        assert name(CLASHING_IDS[0]) != name(CLASHING_IDS[1]), name.__name__
+    assert safe_name("../../escape") == "escape-c1a232ee"  # a hashed name stays what it was
+    assert safe_name("escape-c1a232ee").startswith("escape-c1a232ee-")  # an id of the hashed shape is hashed
+    assert adapter_name("a_c1a232ee") != "a_c1a232ee" and slug("x-0123abcd") != "x-0123abcd"
+    for user in ("u1", "j.smith", "A-1", "user-12345678x", "abc-0123456", "abc-DEADBEEF"):  # safe: unchanged
+        assert safe_name(user) == user
+    store = LocalStore("unused", "lab", hash_user_ids=False)
+    assert store.repo_id(CLASHING_IDS[0], "LaMP-2N") != store.repo_id(CLASHING_IDS[1], "LaMP-2N")
+
+
+def clashing_data(folder: Path) -> Path:
+    """Two LaMP-2N test users named by :data:`CLASHING_IDS`."""
+    path = make_lamp2n(folder, {"test": 2}, history=3) / "LaMP-2N" / "test_questions.json"
+    questions = json.loads(path.read_text())
+    for q, user in zip(questions, CLASHING_IDS, strict=True):
+        q["user_id"] = user
+    path.write_text(json.dumps(questions))
+    return folder
+
+
+def test_clashing_ids_train_and_predict_their_own_adapters(tmp_path, tiny_base, capsys):
+    from oppu_hub.adapters import verify_adapter
+    from trainers import train_users
+
+    data = clashing_data(tmp_path / "data")
+    config = user_config(data, tiny_base, tmp_path / "out", num_train_epochs=1)
+    report = train_users(config)
+    assert sorted(report.trained) == sorted(CLASHING_IDS) and not report.failed
+    for user in CLASHING_IDS:
+        assert verify_adapter(config.adapter_folder(user), user_id=user, task="LaMP-2N").user_id == user
+    assert cli("predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
+               "--adapters_dir", str(config.adapters_dir()), "--users", "escape-c1a232ee",
+               "--output", str(tmp_path / "p.json")) == 0
+
+
+def _adapter_in(tmp: Path, base: Path, user_id: str = "u0", **record: object) -> Path:
+    return make_random_adapter(base, tmp / "adapters" / user_id, **{"user_id": user_id, **record})
+
+
+def _truncate(path: Path, keep: int | None = None) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+DAMAGES = {
+    "weights-truncated": (lambda f: _truncate(f / "adapter_model.safetensors"), "adapter_model.safetensors"),
+    "weights-empty": (lambda f: _truncate(f / "adapter_model.safetensors", 0), "adapter_model.safetensors"),
+    "weights-garbage": (lambda f: (f / "adapter_model.safetensors").write_bytes(os.urandom(1000)),
+                        "adapter_model.safetensors"),
+    "weights-bit-flipped": (lambda f: _flip_last_byte(f / "adapter_model.safetensors"), "sha256"),
+    "weights-of-another-rank": (lambda f: _other_rank(f), "rank"),
+    "record-a-list": (lambda f: (f / "oppu.json").write_text("[]"), "oppu.json: not a JSON object"),
+    "record-empty": (lambda f: (f / "oppu.json").write_text("{}"), "oppu.json: missing or empty user_id"),
+    "record-missing": (lambda f: (f / "oppu.json").unlink(), "missing oppu.json"),
+    "config-truncated": (lambda f: _truncate(f / "adapter_config.json"), "adapter_config.json: malformed JSON"),
+    "config-missing": (lambda f: (f / "adapter_config.json").unlink(), "missing adapter_config.json"),
+}
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # inside a tensor: the header and shapes still parse
+    path.write_bytes(bytes(data))
+
+
+def _other_rank(folder: Path) -> None:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["r"] = 2 * config["r"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=str)
+def test_predict_refuses_a_damaged_adapter_naming_its_folder(damage, tmp_path, tiny_base, capsys):
+    from oppu_hub.adapters import AdapterCorruptError, is_complete, verify_adapter
+
+    data, _, _ = _lamp(tmp_path)
+    folder = _adapter_in(tmp_path, tiny_base)
+    assert is_complete(folder) and verify_adapter(folder).weights_sha256  # recorded at save time
+    damage_it, culprit = DAMAGES[damage]
+    damage_it(folder)
+    assert not is_complete(folder)
+    with pytest.raises(AdapterCorruptError, match=culprit):
+        verify_adapter(folder)
+    capsys.readouterr()  # the setup's own output
+    assert cli("predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
+               "--adapters_dir", str(folder.parent), "--output", str(tmp_path / "p.json")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder) in err and culprit in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("record", [{"user_id": "u9"}, {"task": "LaMP-3"}], ids=["another-user", "another-task"])
+def test_predict_refuses_the_adapter_of_another_user_or_task(record, tmp_path, tiny_base, capsys):
+    data, _, _ = _lamp(tmp_path)
+    folder = make_random_adapter(tiny_base, tmp_path / "adapters" / "u0", **{"user_id": "u0", **record})
+    capsys.readouterr()  # the setup's own output
+    assert cli("predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
+               "--adapters_dir", str(folder.parent), "--output", str(tmp_path / "p.json")) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "of user 'u9', not of 'u0'" if "user_id" in record else "holds a LaMP-3 adapter, not a LaMP-2N one"
+    assert len(err.splitlines()) == 1 and str(folder) in err and expected in err, err
+
+
+def test_a_record_without_a_sha256_verifies_by_its_header_and_shapes(tmp_path, tiny_base):
+    from oppu_hub.adapters import verify_adapter
+
+    folder = _adapter_in(tmp_path, tiny_base)
+    record = json.loads((folder / "oppu.json").read_text())
+    del record["weights_sha256"]  # written before it existed
+    (folder / "oppu.json").write_text(json.dumps(record))
+    assert verify_adapter(folder, user_id="u0", task="lamp_2n").weights_sha256 is None
+
+
+@pytest.mark.parametrize("concurrent", [1, 2], ids=["sequential", "concurrent"])
+def test_train_users_records_the_sha256_and_replaces_an_unverifiable_adapter(tmp_path, tiny_base, concurrent,
+                                                                            caplog):
+    from oppu_hub.adapters import verify_adapter
+    from trainers import train_users
+
+    data = make_lamp2n(tmp_path / "data", {"test": 1}, history=3)
+    config = user_config(data, tiny_base, tmp_path / "out", num_train_epochs=1, concurrent=concurrent)
+    assert train_users(config).trained == ["u0"]
+    folder = config.adapter_folder("u0")
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    assert AdapterRecord.from_folder(folder).weights_sha256 == hashlib.sha256(weights).hexdigest()
+    for damage in ("weights-truncated", "record-missing", "config-missing", "weights-bit-flipped"):
+        DAMAGES[damage][0](folder)
+        caplog.clear()
+        report = train_users(config)
+        assert report.trained == ["u0"] and not report.failed, (damage, report)  # not "skipped", not stuck
+        assert any(str(folder) in r.getMessage() and "replaces it" in r.getMessage() for r in caplog.records)
+        assert verify_adapter(folder, user_id="u0", task="LaMP-2N")
+        assert sorted(p.name for p in folder.parent.iterdir()) == ["run.json", "u0"]  # replaced whole
+    assert train_users(config).skipped == ["u0"]
+
+
+def test_train_users_refuses_to_replace_the_adapter_of_another_user(tmp_path, tiny_base):
+    from trainers import train_users
+
+    data = make_lamp2n(tmp_path / "data", {"test": 1}, history=3)
+    config = user_config(data, tiny_base, tmp_path / "out", num_train_epochs=1)
+    folder = make_random_adapter(tiny_base, config.adapter_folder("u0"), user_id="someone-else")
+    before = tree(folder)
+    report = train_users(config)
+    assert "AdapterMismatchError" in report.failed["u0"] and "'someone-else'" in report.failed["u0"]
+    assert tree(folder) == before
+
+
+PAUSED_RUN = """
+import sys, time
+from oppu_hub.cli import main
+from trainers.concurrent import ConcurrentLoraTrainer
+from trainers.user import UserAdapterTrainer
+
+for cls in (UserAdapterTrainer, ConcurrentLoraTrainer):
+    def pause_after_checkpoint(self, *a, _save=cls._save_checkpoint, **kw):
+        _save(self, *a, **kw)
+        print("checkpointed", flush=True)
+        time.sleep(600)  # the test kills this run here, in the middle of training its user
+    cls._save_checkpoint = pause_after_checkpoint
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("concurrent", [1, 2], ids=["sequential", "concurrent"])
+def test_a_second_run_skips_users_another_run_is_training(tmp_path, tiny_base, concurrent, capsys):
+    data = make_lamp2n(tmp_path / "data", {"test": 2}, history=3)
+    argv = ["train-users", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
+            "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "2", "--per_device_train_batch_size", "3",
+            "--precision", "fp32", "--concurrent", str(concurrent)]
+    out = user_config(data, tiny_base, tmp_path / "out").adapters_dir()
+    with open(tmp_path / "other.log", "w") as log:
+        other = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, *argv, "--users", "u0"], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert other.stdout.readline().strip() == "checkpointed", (tmp_path / "other.log").read_text()[-3000:]
+        assert cli(*argv) == 0  # while the other run is training u0
+        printed = capsys.readouterr().out
+        assert "1 trained, 0 updated, 1 skipped, 0 failed" in printed
+        assert "skipped u0: being trained by another run" in printed
+        assert not (out / "u0").exists() and (out / "u1").is_dir()
+        run = json.loads((out / "run.json").read_text())
+        assert run["trained"] == ["u1"] and run["skipped"] == ["u0"]
+        assert run["notes"] == {"u0": "being trained by another run"}
+    finally:
+        other.kill()
+        other.wait()
+    assert cli(*argv) == 0  # the other run died: its claim went with it, and u0 resumes from its checkpoint
+    assert "1 trained, 0 updated, 1 skipped, 0 failed" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["trained"] == ["u0", "u1"] and run["skipped"] == [] and run["notes"] == {}
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "u0", "u1"]  # no lock or work files left
+
+
+def test_run_json_merges_the_runs_on_one_folder(tmp_path, tiny_base):
+    from trainers import train_users
+
+    data = make_lamp2n(tmp_path / "data", {"test": 2}, history=3)
+    for user in ("u1", "u0"):
+        train_users(user_config(data, tiny_base, tmp_path / "out", num_train_epochs=1, users=[user]))
+    out = user_config(data, tiny_base, tmp_path / "out").adapters_dir()
+    run = json.loads((out / "run.json").read_text())
+    assert run["trained"] == ["u1", "u0"] and run["seconds"].keys() == {"u0", "u1"}
+    (out / "run.json").write_text("[]")
+    with pytest.raises(ValueError, match="run.json: not a train-users report"):
+        train_users(user_config(data, tiny_base, tmp_path / "out", num_train_epochs=1))
+
+
+def test_locks_and_cleanup_leave_other_processes_work_alone(tmp_path):
+    from oppu_hub.io import FileLock, folder_in_use
+
+    lock = FileLock.try_acquire(tmp_path / ".u0.lock")
+    assert lock is not None and FileLock.try_acquire(tmp_path / ".u0.lock") is None
+    lock.release()
+    assert not (tmp_path / ".u0.lock").exists()
+    with FileLock.acquire(tmp_path / ".u0.lock"):
+        assert FileLock.try_acquire(tmp_path / ".u0.lock") is None
+    work = tmp_path / ".u1.abcdefgh.tmp"  # another run's adapter being saved
+    work.mkdir()
+    with folder_in_use(tmp_path) as ours:
+        with folder_in_use(tmp_path) as theirs:
+            assert theirs() == [] and ours() == [] and work.is_dir()
+        assert ours() == [work] and not work.exists()  # alone in the folder
+
+
+def test_predictions_get_owner_only_parent_folders(tmp_path, tiny_base):
+    data, _, _ = _lamp(tmp_path)
+    out = tmp_path / "new" / "deeper" / "predictions.json"
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    assert cli("predict", "--task", "LaMP-2N", "--data_dir", str(data), "--base_dir", str(tiny_base),
+               "--output", str(out)) == 0
+    assert_owner_only(tmp_path / "new")
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == mode  # an existing parent is left as it is

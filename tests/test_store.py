@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from oppu_hub.store import (
     HubStore,
     LocalStore,
     StoreAuthError,
+    StoreConnectionError,
     StoreError,
     StoreNamespaceError,
     StorePublicRepoError,
@@ -76,13 +78,13 @@ def expected_logits(tiny_base: Path, adapter_template: Path) -> torch.Tensor:
 def make_adapter(template: Path, dest: Path, user_id: str = "u1", task: str = "LaMP-2N",
                  scale: float | None = None) -> Path:
     shutil.copytree(template, dest)
-    record = AdapterRecord.from_folder(dest)
-    record.user_id, record.task = user_id, task
-    record.save(dest)
     if scale is not None:
         weights = load_file(dest / "adapter_model.safetensors")
         save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
                   dest / "adapter_model.safetensors")
+    record = AdapterRecord.from_folder(dest)
+    record.user_id, record.task = user_id, task
+    record.save(dest)  # after the weights: the record holds their sha256
     return dest
 
 
@@ -375,13 +377,19 @@ def test_open_store_specs(tmp_path, monkeypatch):
         LocalStore(tmp_path).pull("../../etc")
 
 
-def test_push_adapter_refuses_incomplete_folders(tmp_path, adapter_template):
-    from oppu_hub.adapters import AdapterNotFoundError
+def test_push_adapter_refuses_folders_that_do_not_verify(tmp_path, adapter_template):
+    from oppu_hub.adapters import AdapterCorruptError
 
     folder = make_adapter(adapter_template, tmp_path / "a")
     (folder / "oppu.json").unlink()
-    with pytest.raises(AdapterNotFoundError, match="oppu.json"):
+    with pytest.raises(AdapterCorruptError, match="missing oppu.json"):
         push_adapter(folder, str(tmp_path / "store"))
+    folder = make_adapter(adapter_template, tmp_path / "b")
+    weights = load_file(folder / "adapter_model.safetensors")
+    save_file({k: v * 2 for k, v in weights.items()}, folder / "adapter_model.safetensors")  # not the saved weights
+    with pytest.raises(AdapterCorruptError, match="sha256"):
+        push_adapter(folder, str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -575,3 +583,71 @@ def test_hub_pulled_copies_are_owner_only(hub_env: HubEnv, adapter_template, tmp
     with pytest.raises(StoreError, match="pull alice/oppu-lamp-2n-u1 failed at step 'download'"):
         store.pull(repo_id, local_dir=tmp_path / "failed")  # leaves no folder behind
     assert not (tmp_path / "failed").exists() and not list(tmp_path.glob(".failed*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pulls serve files only to a token the Hub authorised in that very call, checked against the repo's name
+# ---------------------------------------------------------------------------------------------------------------
+def test_hub_pull_serves_files_only_to_a_token_authorised_now(hub_env: HubEnv, adapter_template, tmp_path,
+                                                              monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    store = hub_store(hub_env)
+    result = store.push(make_adapter(adapter_template, tmp_path / "a", "cacheduser"))
+    repo_id = result.repo_id
+    pulled = store.pull(repo_id)  # alice's download, kept in the Hugging Face cache
+    assert json.loads((pulled / "oppu.json").read_text())["user_id"] == "cacheduser"
+    cache = Path(constants.HF_HUB_CACHE) / "models--alice--oppu-lamp-2n-cacheduser"
+    assert pulled.is_relative_to(cache)
+    assert_owner_only(cache)  # folders 0700, files 0600: oppu.json names the user and their items
+
+    monkeypatch.delenv("HF_TOKEN")
+    for token, error in [(BOB, AdapterRepoNotFoundError), (None, AdapterRepoNotFoundError),
+                         ("hf_wrong", StoreAuthError)]:
+        for revision in (None, result.revision):
+            with pytest.raises(error):
+                hub_store(hub_env, token=token).pull(repo_id, revision)
+    monkeypatch.setenv("HF_TOKEN", BOB)
+    capsys.readouterr()
+    assert cli("pull", "--store", "hub:alice", "--repo_id", repo_id) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and repo_id in captured.err
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: nobody can say the token may read it
+    with pytest.raises(StoreConnectionError, match=f"pull {repo_id} failed"):
+        store.pull(repo_id)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert store.pull(repo_id) == pulled
+    with socket.socket() as s:  # a port nothing listens on: the Hub does not answer, the same
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for token in (ALICE, BOB, None):
+        with pytest.raises(StoreConnectionError, match="no answer"):
+            HubStore("alice", endpoint=dead, token=token, hash_user_ids=False).pull(repo_id)
+
+
+def test_hub_pull_checks_what_it_serves(hub_env: HubEnv, adapter_template, tmp_path):
+    from huggingface_hub import HfApi
+
+    from oppu_hub.adapters import AdapterCorruptError, AdapterMismatchError
+
+    store = hub_store(hub_env)
+    repo_id = store.push(make_adapter(adapter_template, tmp_path / "a", "u1")).repo_id
+    api = HfApi(endpoint=hub_env.url, token=ALICE)
+    other = json.loads((tmp_path / "a" / "oppu.json").read_text()) | {"user_id": "u2"}
+    api.upload_file(path_or_fileobj=json.dumps(other).encode(), path_in_repo="oppu.json", repo_id=repo_id)
+    with pytest.raises(AdapterMismatchError, match="user 'u2'.*oppu-lamp-2n-u2"):
+        store.pull(repo_id)
+    with pytest.raises(AdapterMismatchError):
+        store.pull(repo_id, local_dir=tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()  # a new local_dir appears only with an adapter that checks out
+    store.push(tmp_path / "a")
+    api.upload_file(path_or_fileobj=b"not safetensors", path_in_repo="adapter_model.safetensors", repo_id=repo_id)
+    with pytest.raises(AdapterCorruptError, match="safetensors"):
+        store.pull(repo_id)
+    local = LocalStore(tmp_path / "store", "alice")
+    repo = Path(local.push(make_adapter(adapter_template, tmp_path / "b", "u1")).url)
+    (repo / ".history" / "1" / "oppu.json").chmod(0o600)
+    (repo / ".history" / "1" / "oppu.json").write_text(json.dumps(other))
+    with pytest.raises(AdapterMismatchError):
+        local.pull("alice/oppu-lamp-2n-u1")

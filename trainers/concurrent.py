@@ -565,10 +565,10 @@ class ConcurrentLoraTrainer:
         peft_config.inference_mode = True
         peft_config.base_model_name_or_path = getattr(self.model, "name_or_path", None) or None
         record = dataclasses.replace(job.record, train_loss=sum(slot.losses) / len(slot.losses))
-        with atomic_dir(job.folder, overwrite=job.init is not None, mode=0o700) as tmp:
+        with atomic_dir(job.folder, overwrite=job.overwrite, mode=0o700) as tmp:
             peft_config.save_pretrained(tmp)
             save_file(self.adapter_state(s), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-            record.save(tmp)
+            record.save(tmp)  # after the weights: it records their sha256
 
 
 def _drop_remaining(bar: tqdm, slot: _Slot) -> None:

@@ -5,6 +5,7 @@ an ``SFTTrainer`` per user on top of the task-adapted base. The loop over many u
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,11 +17,14 @@ from peft import PeftModel, get_peft_model
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 
-from oppu_hub.adapters import AdapterRecord, check_base, check_setting, is_complete
-from oppu_hub.io import atomic_dir, owner_only, private_dir
+from oppu_hub.adapters import AdapterCorruptError, AdapterRecord, check_base, check_setting, verify_adapter
+from oppu_hub.io import atomic_dir, owner_only, private_dir, safe_name
 from oppu_hub.prompts import PromptBuilder, history_examples
+from oppu_hub.tuned import TUNED_SETTINGS, user_settings
 
 from .common import PeftOptions, TrainingConfig, last_checkpoint, sft_config, step_bar
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,9 +65,21 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     concurrent: int = field(default=0, metadata={
         "help": "LoRA users trained together: 0 = as many as fit (at most 8), 1 = one by one (SFTTrainer)"})
 
+    @classmethod
+    def for_task(cls, task: str, **fields: Any) -> UserAdapterConfig:
+        """A config for ``task`` whose learning rate, epochs, target modules, rank and alpha are the ones
+        :func:`oppu_hub.tuned.user_settings` resolves (the task's dev-tuned values), unless ``fields`` give them
+        (as ``oppu-hub train-users --task TASK`` does)."""
+        given = {k: fields.pop(k) for k in TUNED_SETTINGS if k in fields}
+        return cls(task=task, **user_settings(task, **given), **fields)
+
     def adapters_dir(self) -> Path:
         suffix = "" if self.history_format == "full" else f"-{self.history_format}"
         return Path(self.output_dir) / self.task / f"{self.variant}-{self.peft_type.lower()}{suffix}"
+
+    def adapter_folder(self, user_id: str) -> Path:
+        """Where ``user_id``'s adapter goes: its :func:`~oppu_hub.io.safe_name` in :meth:`adapters_dir`."""
+        return self.adapters_dir() / safe_name(user_id)
 
 
 # ---------------------------------------------------------------------------------------------- a user's job
@@ -72,8 +88,9 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
 @dataclass
 class UserJob:
     """One user's training: the rows to train on (``history_examples`` output), where the adapter goes, the
-    record it is saved with (``train_loss`` filled in at the end) and, for ``--update``, the adapter it continues.
-    ``loss_weight`` scales the user's loss (tests use 0 to freeze a user)."""
+    record it is saved with (``train_loss`` filled in at the end), for ``--update`` the adapter it continues, and
+    whether the save replaces the folder (the adapter it continues, or one that did not verify). ``loss_weight``
+    scales the user's loss (tests use 0 to freeze a user)."""
 
     user_id: str
     rows: list[dict[str, str]]
@@ -81,6 +98,7 @@ class UserJob:
     record: AdapterRecord
     init: Path | None = None
     loss_weight: float = 1.0
+    overwrite: bool = False
 
     @property
     def work_dir(self) -> Path:
@@ -131,13 +149,26 @@ def adapter_record(config: UserAdapterConfig, user_id: str, base_fingerprint: st
     )
 
 
+def finished_adapter(folder: Path, user_id: str, task: str) -> AdapterRecord | None:
+    """The record of ``user_id``'s finished adapter in ``folder``; ``None`` when there is none, or when the folder
+    does not verify (a warning says so: the next save replaces it). The adapter of another user or task there is
+    refused (:class:`~oppu_hub.adapters.AdapterMismatchError`)."""
+    if not folder.exists():
+        return None
+    try:
+        return verify_adapter(folder, user_id=user_id, task=task)
+    except AdapterCorruptError as e:
+        logger.warning("%s; training user %r anew, the new adapter replaces it", e, user_id)
+        return None
+
+
 def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint: str, user_id: str,
              history: Sequence[Mapping[str, Any]], folder: Path, profile: str | None = None) -> UserJob | None:
-    """What training ``user_id`` into ``folder`` takes; ``None`` when there is nothing to do (a complete adapter,
+    """What training ``user_id`` into ``folder`` takes; ``None`` when there is nothing to do (a finished adapter,
     or with ``update`` one already trained on every history item). An update refuses an adapter trained on
-    another base or with another k / profile / history format."""
+    another base or with another k / profile / history format; a folder that does not verify is replaced."""
     history = list(history)[-config.max_history:] if config.max_history else list(history)
-    previous = AdapterRecord.from_folder(folder) if is_complete(folder) else None
+    previous = finished_adapter(folder, user_id, config.task)
     if previous is not None and not config.update:
         return None
     if previous is not None:
@@ -154,7 +185,8 @@ def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint
     fresh = {str(i["id"]) for i in items}
     rows = [row for row, item in zip(rows, history, strict=True) if str(item["id"]) in fresh]
     record = adapter_record(config, user_id, base_fingerprint, history, items, previous)
-    return UserJob(user_id, rows, folder, record, init=folder if previous is not None else None)
+    return UserJob(user_id, rows, folder, record, init=folder if previous is not None else None,
+                   overwrite=folder.exists())
 
 
 # ---------------------------------------------------------------------------------------------- the SFTTrainer
@@ -173,7 +205,7 @@ class UserAdapterTrainer(SFTTrainer):
     def save_adapter(self, folder: str | Path, record: AdapterRecord, *, overwrite: bool = False) -> Path:
         with atomic_dir(folder, overwrite=overwrite, mode=0o700) as tmp:
             self.model.save_pretrained(tmp)
-            record.save(tmp)
+            record.save(tmp)  # after the weights: it records their sha256
         return Path(folder)
 
 
@@ -224,7 +256,7 @@ def train_job(config: UserAdapterConfig, model: Any, tokenizer: Any, job: UserJo
         # the Trainer's own train_loss only averages the steps since the resume.
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         record = dataclasses.replace(job.record, train_loss=sum(losses) / len(losses) if losses else None)
-        trainer.save_adapter(job.folder, record, overwrite=job.init is not None)
+        trainer.save_adapter(job.folder, record, overwrite=job.overwrite)
         resumed_at = int(Path(checkpoint).name.rpartition("-")[2]) if checkpoint else 0
     finally:
         steps.close()

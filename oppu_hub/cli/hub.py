@@ -73,7 +73,8 @@ class PullConfig:
 
 @dataclass
 class DeleteConfig:
-    """Delete everything kept about one user: local adapters, work folders, profiles, predictions, store repos."""
+    """Delete everything kept about one user: store repos, this machine's downloads of them, then local adapters,
+    work folders, profiles and predictions; the plan is printed first, then what was and was not deleted."""
 
     user: str = field(metadata={"help": "the user's raw id"})
     roots: list[str] = field(default_factory=lambda: ["runs"], metadata={
@@ -124,17 +125,16 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from ..store import forget_user
+    from ..store import plan_forget
 
     config = config_from_args(DeleteConfig, args)
     store = config_from_args(StoreOptions, args).open()
-    report = forget_user(config.user, config.roots, store)
-    for path in report.removed:
-        print(f"removed {path}")
-    for path in report.rewritten:
-        print(f"removed the user's entries from {path}")
-    for repo_id in report.repos:
-        print(f"deleted repo {repo_id} ({store.describe()})")
-    if not (report.removed or report.rewritten or report.repos):
+    plan = plan_forget(config.user, config.roots, store)
+    if not plan.lines():
         print(f"nothing of user {config.user!r} found under {', '.join(config.roots)} or in {store.describe()}")
+        return 0
+    print("\n".join(plan.lines()), flush=True)
+    report = plan.carry_out()
+    print("\n".join(report.lines()))
+    report.check()  # what is left: one line, exit status 2
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from . import add_command, config_from_args
@@ -16,11 +17,33 @@ def register(subparsers: Any) -> None:
 
     add_command(subparsers, "train-base", _train_base,
                 "task-adapt the base model on the training users (LoRA, merged into a model folder)", BaseTaskConfig)
-    add_command(subparsers, "train-users", _train_users,
-                "train one PEFT adapter per user on their history (skips finished users, resumes)",
-                UserAdapterConfig, RayOptions)
+    users = add_command(subparsers, "train-users", _train_users,
+                        "train one PEFT adapter per user on their history (skips finished users, resumes); the "
+                        "learning rate, epochs, target modules, rank and alpha default to --task's dev-tuned values",
+                        UserAdapterConfig, RayOptions)
+    follow_task_defaults(users, UserAdapterConfig.task)
     add_command(subparsers, "profiles", _profiles,
                 "write each user's textual profile with an instruction-following LM (cached)", ProfileConfig)
+
+
+def follow_task_defaults(parser: argparse.ArgumentParser, default_task: str) -> None:
+    """Make ``parser``'s user-adapter defaults (and so its ``--help``) those :func:`oppu_hub.tuned.user_settings`
+    resolves for the ``--task`` (and ``--lora_r``) on the command line, before the flags given are parsed."""
+    from ..tasks import UnknownTaskError, get_task
+    from ..tuned import user_settings
+
+    parse_known_args = parser.parse_known_args
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--task", default=default_task)
+    first.add_argument("--lora_r", "--lora-r", type=int, default=None)
+
+    def with_task_defaults(args: Any = None, namespace: Any = None) -> Any:
+        known, _ = first.parse_known_args(args)
+        with contextlib.suppress(UnknownTaskError):  # the config reports an unknown task, as for every command
+            parser.set_defaults(**user_settings(get_task(known.task).name, lora_r=known.lora_r))
+        return parse_known_args(args, namespace)
+
+    parser.parse_known_args = with_task_defaults  # type: ignore[method-assign]
 
 
 def _train_base(args: argparse.Namespace) -> int:
@@ -41,6 +64,8 @@ def _train_users(args: argparse.Namespace) -> int:
     report = train_users(config, executor=RayExecutor(ray_options) if ray_options.enabled else None)
     print(f"adapters in {config.adapters_dir()}: {len(report.trained)} trained, {len(report.updated)} updated, "
           f"{len(report.skipped)} skipped, {len(report.failed)} failed")
+    for user, note in report.notes.items():
+        print(f"  skipped {user}: {note}")
     for user, error in report.failed.items():
         print(f"  failed {user}: {error}")
     return 1 if report.failed else 0

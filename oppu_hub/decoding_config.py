@@ -1,0 +1,32 @@
+"""How answers are decoded, shared by ``predict``, ``eval`` and the Space (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Answers = Literal["generate", "labels"]
+
+
+@dataclass
+class DecodingOptions:
+    """How an answer is decoded.
+
+    Args:
+        answers: ``generate`` (greedy generation, read as LaMP's official scoring reads it: the paper's protocol) or
+            ``labels`` (each of a classification or rating task's labels scored as a continuation of the prompt:
+            :mod:`oppu_hub.label_scoring`; generation tasks always generate).
+        contrast_alpha / contrast_beta: contrastive personal decoding (:mod:`oppu_hub.decoding`): the weight of
+            the base's log-probabilities subtracted from the personal model's, and the plausibility threshold;
+            used by methods ``oppu-cd-kN`` (eval) and ``predict --contrastive``. Not yet chosen on dev.
+        prior_weight / prior_smoothing: the calibrated user prior on label scores (:mod:`oppu_hub.priors`): its
+            weight and the pseudo-counts of the global prior in a user's; used by methods ``prior-np-kN`` and
+            ``oppu-prior-kN`` (eval) and ``predict --prior``. Not yet chosen on dev.
+    """
+
+    answers: Answers = field(default="generate", metadata={"help": "generate | labels (score the task's labels)"})
+    contrast_alpha: float = field(default=0.5, metadata={
+        "help": "contrastive decoding: weight of the base's log-probabilities"})
+    contrast_beta: float = field(default=0.1, metadata={"help": "contrastive decoding: plausibility threshold"})
+    prior_weight: float = field(default=1.0, metadata={"help": "weight of the user's label log-prior ratio"})
+    prior_smoothing: float = field(default=2.0, metadata={"help": "pseudo-counts of the global prior in a user's"})

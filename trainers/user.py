@@ -63,7 +63,7 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     history_format: str = field(default="full", metadata={"help": "full | input | output (pair tasks' items)"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
     concurrent: int = field(default=0, metadata={
-        "help": "LoRA users trained together: 0 = as many as fit (at most 8), 1 = one by one (SFTTrainer)"})
+        "help": "LoRA users trained together: 0 = as many as fit (at most 8; 64 on a GPU), 1 = one by one"})
 
     @classmethod
     def for_task(cls, task: str, **fields: Any) -> UserAdapterConfig:

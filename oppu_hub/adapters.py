@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import keeps_name, name_digest, read_json, write_json
+from .io import keeps_name, name_digest, read_json, sha256_file, write_json
 from .tasks import UnknownTaskError, get_task
 
 RECORD_FILE = "oppu.json"
@@ -152,7 +152,7 @@ def file_sha256(path: str | Path) -> str:
     the file is fresh: a rewrite within one tick of the file system's clock keeps its mtime."""
     st = Path(path).stat()
     if time.time_ns() - st.st_mtime_ns < _FRESH_NS:
-        return _hash_file(str(path))
+        return sha256_file(str(path))
     return _cached_hash(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -161,15 +161,9 @@ _FRESH_NS = 2_000_000_000  # files modified this recently are hashed again on ev
 
 @functools.lru_cache(maxsize=4096)
 def _cached_hash(path: str, *_version: int) -> str:
-    return _hash_file(path)
+    return sha256_file(path)
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_object(path: Path) -> dict[str, Any]:

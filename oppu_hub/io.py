@@ -305,3 +305,12 @@ def folder_in_use(folder: str | Path) -> Iterator[Callable[[], list[Path]]]:
         yield clean
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

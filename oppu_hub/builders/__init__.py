@@ -24,10 +24,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data import file_task_name
-from ..io import TargetExistsError, atomic_dir, read_json, write_json
+from ..io import TargetExistsError, atomic_dir, read_json, sha256_file, write_json
 from ..tasks import Task, get_task
 from . import citations, movies, news, papers, reviews, tweets
-from .base import EmptyBuildError, Source, SourceData, SourceError, require_any, sha256_file
+from .base import EmptyBuildError, Source, SourceData, SourceError, require_any
 from .split import (
     SPLIT_ORDER,
     assign_users,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import html
 import io
 import json
@@ -160,9 +159,3 @@ def read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[
         raise SourceError(f"{path}: cannot read ({e})") from None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

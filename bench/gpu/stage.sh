@@ -4,9 +4,10 @@
 #   .whl/          the packages a torch+CUDA image lacks, as Python 3.12 manylinux wheels (~22 MB)
 #   .gpu/p1..p3    the default base's GGUF in three ~35 MB parts (one per transfer of at most 64 MiB)
 #   .gpu/raw       the public sources but the largest, .gpu/raw2 that one (~8 + 23 MB)
+#   .gpu/smoke     a tiny random Llama and LaMP-2N for bench/gpu/smoke.sh (~10 MB)
 # Add `/.whl/` and `/.gpu/` to .git/info/exclude. Then, on the GPU box, three calls (each carrying one part):
 #   1. carry .whl .gpu/p1:      pip install --no-index --no-deps --target /tmp/site .whl/*.whl; copy p1 to /tmp/stage
-#   2. carry .gpu/p2 .gpu/raw:  copy p2 to /tmp/stage and raw to /tmp/raw
+#   2. carry .gpu/p2 .gpu/raw .gpu/smoke: copy p2 to /tmp/stage and raw to /tmp/raw; bash bench/gpu/smoke.sh
 #   3. carry .gpu/p3 .gpu/raw2: bash bench/gpu/run.sh   (joins the parts, runs the lanes, snapshots to $OUT)
 set -euo pipefail
 SOURCE=${SOURCE:-../shared/data}
@@ -21,4 +22,5 @@ split -b 35000000 "$GGUF" .gpu/part.
 mv .gpu/part.aa .gpu/p1/ && mv .gpu/part.ab .gpu/p2/ && mv .gpu/part.ac .gpu/p3/
 cp -r "$SOURCE"/raw/* .gpu/raw/
 mv .gpu/raw/paperlists .gpu/raw2/
+.venv/bin/python bench/gpu/make_smoke.py
 du -sh .whl .gpu/*

@@ -12,7 +12,9 @@ Every run is a full eval-pipeline run on the dev split (content-addressed: an in
 chosen base is the very folder the leaderboard later uses). Writes ``bench/results/protocol_dev-{task}.json``
 (curve, sweep, choice, machine, seconds) and the choice into ``oppu_hub/protocol.json``. A task whose JSON already
 holds a choice of the same training settings and data, whatever grid it swept, is not chosen again (``--redo``
-does): a fresh clone goes straight to the leaderboard.
+does): a fresh clone goes straight to the leaderboard. Each finished step (a curve epoch, a user setting) is also kept
+in ``protocol_dev-{task}.partial.json`` until the choice is made, so a run cut short (a GPU session's time limit)
+resumes on any machine from its returned files without redoing those steps.
 
     .venv/bin/python bench/protocol_dev.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/eval
 
@@ -58,16 +60,46 @@ def metric_of(task: str, row: dict[str, Any]) -> float:
     return row["scores"][get_task(task).metric_names[0]]
 
 
-def base_curve(config: PipelineConfig, task: str, max_epochs: int, out: Path) -> list[dict[str, Any]]:
+@dataclass
+class Progress:
+    """The finished steps of a choice not yet made: curve epochs and user settings (each with the machine that ran
+    it), kept at ``path`` for the same training settings and data (``key``) and reused instead of re-run."""
+
+    path: Path
+    key: dict[str, Any]
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    users: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path, key: dict[str, Any]) -> Progress:
+        earlier = read_json(path) if path.exists() else {}
+        if earlier.get("key") != key:
+            return cls(path, key)
+        return cls(path, key, earlier["curve"], earlier["users"])
+
+    def add(self, steps: list[dict[str, Any]], step: dict[str, Any]) -> dict[str, Any]:
+        steps.append({**step, "machine": machine()})
+        write_json(self.path, {"key": self.key, "curve": self.curve, "users": self.users})
+        return steps[-1]
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def base_curve(config: PipelineConfig, task: str, max_epochs: int, out: Path, progress: Progress
+               ) -> list[dict[str, Any]]:
     """``np-k0`` on dev after 1, 2, ... epochs of task adaptation, until it stops improving."""
     higher = get_task(task).higher_is_better
     curve: list[dict[str, Any]] = []
     for epochs in range(1, max_epochs + 1):
-        cfg = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
-        start = time.perf_counter()
-        [row] = Pipeline(cfg, task).run(["np-k0"], out / f"base-{epochs}ep")
-        curve.append({"epochs": epochs, "scores": row["scores"], "base": row["base"],
-                      "seconds": round(time.perf_counter() - start, 1)})
+        step = next((s for s in progress.curve if s["epochs"] == epochs), None)
+        if step is None:
+            cfg = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
+            start = time.perf_counter()
+            [row] = Pipeline(cfg, task).run(["np-k0"], out / f"base-{epochs}ep")
+            step = progress.add(progress.curve, {"epochs": epochs, "scores": row["scores"], "base": row["base"],
+                                                 "seconds": round(time.perf_counter() - start, 1)})
+        curve.append(step)
         print(f"{task} base {epochs} ep: {curve[-1]['scores']}", flush=True)
         scores = [metric_of(task, r) for r in curve]
         if protocol.choose_epochs(scores, higher) < epochs:
@@ -75,10 +107,10 @@ def base_curve(config: PipelineConfig, task: str, max_epochs: int, out: Path) ->
     return curve
 
 
-def user_sweep(config: PipelineConfig, task: str, lrs: list[float], epochs: list[float], out: Path
-               ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
-    """``oppu-k0`` on dev per learning rate at the task's current epochs, then the other epochs at the best rate;
-    returns the rows, the chosen one and the number of dev queries."""
+def user_sweep(config: PipelineConfig, task: str, lrs: list[float], epochs: list[float], out: Path,
+               progress: Progress) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """``oppu-k0`` on dev per learning rate at the task's current epochs, then the other epochs at the best rate
+    (on the base of ``config``'s epochs); returns the rows, the chosen one and the number of dev queries."""
     tuned = user_defaults(task)
     target = next(name for name, modules in TARGETS.items() if tuple(modules) == tuned.target_modules)
     pipeline = Pipeline(config, task)
@@ -88,7 +120,12 @@ def user_sweep(config: PipelineConfig, task: str, lrs: list[float], epochs: list
     def run(lr: float, ep: float) -> None:
         if any((r["lr"], r["epochs"]) == (lr, ep) for r in rows):
             return
-        rows.append(run_setting(config, task, out, lr=lr, epochs=ep, target=target, rank=tuned.lora_r))
+        setting = {"lr": lr, "epochs": ep, "target": target, "rank": tuned.lora_r}
+        on = {**setting, "base_epochs": config.base.num_train_epochs}
+        step = next((r for r in progress.users if {k: r.get(k) for k in on} == on), None)
+        if step is None:
+            step = progress.add(progress.users, {**run_setting(config, task, out, **setting), **on})
+        rows.append(step)
         print(f"{task} user lr {lr:g}, {ep:g} ep: {rows[-1]['scores']}", flush=True)
 
     for lr in lrs:
@@ -120,11 +157,13 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
             return done
     out = Path(config.workdir) / "protocol_dev" / name
     start = time.perf_counter()
-    curve = base_curve(config, name, selection.max_epochs, out)
+    progress = Progress.load(path.with_suffix(".partial.json"),
+                             {"base": settings["base"], "user": settings["user"], "data": pipeline.source_hashes()})
+    curve = base_curve(config, name, selection.max_epochs, out, progress)
     higher = get_task(name).higher_is_better
     epochs = protocol.choose_epochs([metric_of(name, r) for r in curve], higher)
     on_base = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
-    rows, best, n_queries = user_sweep(on_base, name, selection.lrs, selection.user_epochs, out)
+    rows, best, n_queries = user_sweep(on_base, name, selection.lrs, selection.user_epochs, out, progress)
     tuned = user_defaults(name)
     user = {"learning_rate": best["lr"], "num_train_epochs": best["epochs"],
             "target_modules": list(tuned.target_modules), "lora_r": best["rank"]}
@@ -134,6 +173,7 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
               "base_curve": curve, "base_epochs": epochs, "user_rows": rows, "user": user,
               "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1)}
     write_json(path, result)
+    progress.done()
     if selection.record:
         protocol.record_choice(name, {"base_epochs": float(epochs), "user": user,
                                       "source": f"bench/results/protocol_dev-{name}.json"})

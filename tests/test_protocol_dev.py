@@ -1,0 +1,60 @@
+"""bench/protocol_dev.py: a choice cut short resumes from its partial file without redoing a finished step."""
+
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import REPO, make_lamp2n
+from oppu_hub.io import read_json
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+sys.path.insert(0, str(REPO / "bench"))  # protocol_dev imports tune_users as a sibling script
+protocol_dev = _load("protocol_dev")
+
+CURVE = {1: 0.5, 2: 0.6, 3: 0.55}  # np-k0 on dev after each base epoch: 2 epochs are chosen
+
+
+def test_an_interrupted_choice_resumes_from_its_partial_file(tmp_path, monkeypatch):
+    data = make_lamp2n(tmp_path / "data", {"train": 6, "dev": 10, "test": 3}, history=3)
+    config = protocol_dev.PipelineConfig(data_dir=str(data), workdir=str(tmp_path / "work"), split="dev", users=0)
+    selection = protocol_dev.SelectionConfig(tasks=["LaMP-2N"], out=str(tmp_path / "out"), record=False)
+    curve_runs, user_runs = [], []
+
+    def fake_run(pipeline, methods, out):
+        epochs = int(pipeline.config.base.num_train_epochs)
+        curve_runs.append(epochs)
+        return [{"scores": {"accuracy": CURVE[epochs], "f1": 0.0}, "base": f"base-{epochs}"}]
+
+    def fake_setting(config, task, out, **setting):
+        if setting["lr"] == 3e-4 and not user_runs[-1:] == ["resume"]:
+            raise RuntimeError("cut short")
+        user_runs.append(setting["lr"])
+        return {**setting, "scores": {"accuracy": setting["lr"] * 100, "f1": 0.0}, "seconds": 1.0}
+
+    monkeypatch.setattr(protocol_dev.Pipeline, "run", fake_run)
+    monkeypatch.setattr(protocol_dev, "run_setting", fake_setting)
+    with pytest.raises(RuntimeError, match="cut short"):
+        protocol_dev.select(config, selection, "LaMP-2N")
+    partial = tmp_path / "out" / "protocol_dev-LaMP-2N.partial.json"
+    kept = read_json(partial)
+    assert [s["epochs"] for s in kept["curve"]] == [1, 2, 3] and [r["lr"] for r in kept["users"]] == [1e-4]
+    assert all(s["machine"] for s in kept["curve"] + kept["users"])
+    assert curve_runs == [1, 2, 3] and user_runs == [1e-4]
+
+    user_runs.append("resume")
+    result = protocol_dev.select(config, selection, "LaMP-2N")
+    assert curve_runs == [1, 2, 3]  # no curve epoch again
+    assert user_runs[2:] == [3e-4, 1e-3, 3e-3, 3e-3]  # 1e-4 was kept; then the other epochs at the best rate
+    assert result["base_epochs"] == 2 and result["user"]["learning_rate"] == 3e-3
+    assert [r["lr"] for r in result["user_rows"]][:4] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert all(r["base_epochs"] == 2.0 for r in result["user_rows"])
+    assert not partial.exists()
+    assert read_json(tmp_path / "out" / "protocol_dev-LaMP-2N.json")["base_epochs"] == 2

@@ -34,8 +34,10 @@ from tune_users import TARGETS, choose, run_setting
 
 from oppu_hub import protocol
 from oppu_hub.cli import ConfigParser
-from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
+from oppu_hub.evaluation import machine
 from oppu_hub.io import read_json, write_json
+from oppu_hub.pipeline import Pipeline
+from oppu_hub.pipeline_config import PipelineConfig
 from oppu_hub.tasks import get_task
 from oppu_hub.tuned import user_defaults
 

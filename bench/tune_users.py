@@ -13,8 +13,8 @@ The chosen setting is the cheapest one whose first metric (accuracy, MAE, ROUGE-
 
     .venv/bin/python bench/tune_users.py --tasks LaMP-2N --data_dir runs/eval/data --workdir runs/tune
 
-Flags: the sweep's (:class:`SweepConfig`) and the pipeline's (:class:`oppu_hub.evaluation.PipelineConfig`: ``--users``,
-``--base.max_examples``, ``--user.max_history``...); the swept settings replace the ``--user.*`` ones.
+Flags: the sweep's (:class:`SweepConfig`) and the pipeline's (:class:`oppu_hub.pipeline_config.PipelineConfig`:
+``--users``, ``--base.max_examples``, ``--user.max_history``...); the swept settings replace the ``--user.*`` ones.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from oppu_hub.cli import ConfigParser
-from oppu_hub.evaluation import Pipeline, PipelineConfig, machine
+from oppu_hub.evaluation import machine
 from oppu_hub.io import read_json, write_json
+from oppu_hub.pipeline import Pipeline
+from oppu_hub.pipeline_config import PipelineConfig
 from oppu_hub.tasks import get_task
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": ["all-linear"]}

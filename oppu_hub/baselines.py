@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .data import LampSplit, Question, chronological, item_keys, query_keys
+from .data import LampSplit, Question, chronological, item_keys, newest_items, query_keys
 from .retrieval import BM25Retriever
 from .tasks import Task
 
@@ -109,10 +109,7 @@ def pooled_split(split: LampSplit, users: Sequence[str], max_history: int | None
     queries = query_keys(split.task, [q for user in users for q in split.user_questions(user)])
     items = []
     for user in users:
-        history = split.user_history(user)
-        if max_history:
-            history = history[-max_history:]
-        items += [{**item, "id": f"{user}/{item['id']}"} for item in history
+        items += [{**item, "id": f"{user}/{item['id']}"} for item in newest_items(split.user_history(user), max_history)
                   if queries.isdisjoint(item_keys(split.task, item))]
     first = split.user_questions(users[0])[0]  # a valid input and gold; training reads only the history
     return LampSplit(split.task, [Question(POOLED_USER, first.input, chronological(items), POOLED_USER, first.gold)])

@@ -3,16 +3,18 @@ expose users' histories and queries as Python objects and as Hugging Face ``data
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .io import TargetExistsError, read_json, write_json
 from .tasks import TASKS, Task, get_task
 
 SPLITS = ("train", "dev", "test")
+T = TypeVar("T")
 
 
 class LampDataError(ValueError):
@@ -76,9 +78,7 @@ class LampSplit:
 
     def to_dataset(self):
         """The questions as a ``datasets.Dataset`` (id, user_id, input, output, profile as JSON text)."""
-        import json
-
-        from datasets import Dataset
+        from datasets import Dataset  # pyarrow and pandas: too heavy for every command that reads data
 
         return Dataset.from_dict({
             "id": [q.id for q in self.questions],
@@ -95,6 +95,13 @@ def chronological(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if items and all(i.get("date") not in (None, "") for i in items):
         return sorted(items, key=lambda i: str(i["date"]))
     return items
+
+
+def newest_items(history: Iterable[T], n: int | None) -> list[T]:
+    """The newest ``n`` items of a history in time order (its last ``n``, as :meth:`LampSplit.user_history` gives
+    it); all of it when ``n`` is ``None`` or 0."""
+    items = list(history)
+    return items[-n:] if n else items
 
 
 def query_keys(task: Task, questions: Iterable[Question]) -> set[str]:

@@ -14,14 +14,15 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .analyses_config import ActiveLevelsConfig, LeaderboardAnalysisConfig
 from .data import load_task_split, read_predictions
 from .io import read_json
 from .metrics import score
-from .report import AnalysisConfig, figure, headline, write_result
+from .report import figure, headline, write_result
 from .stats import PairedBootstrap
 from .tasks import Task, get_task
 
@@ -97,50 +98,13 @@ def user_outcomes(preds: TaskPredictions, method: str, reference: str) -> dict[s
 
 
 # --- active levels (Figure 3) and per-user gains, from a leaderboard's files ------------------------------------
-GAIN_PAIRS = (("oppu-k0", "np-k0"), ("oppu-k1", "rag-k1"), ("oppu-k0", "pooled-k0"), ("oppu-k1", "pooled-k0"))
-
-
-@dataclass
-class LeaderboardAnalysisConfig(AnalysisConfig):
-    """An analysis of a leaderboard's own prediction files (:mod:`oppu_hub.gains`): nothing is trained or predicted.
-
-    Args:
-        leaderboard: the folder ``oppu-hub eval`` wrote (``--out_dir``); tasks it has no predictions of are skipped.
-        pairs: ``METHOD:REFERENCE`` comparisons (those whose files exist).
-    """
-
-    tasks: list[str] = field(default_factory=lambda: ["LaMP-1", "LaMP-2N", "LaMP-2M", "LaMP-3", "LaMP-4", "LaMP-5",
-                                                      "LaMP-7"], metadata={"help": "tasks to analyse"})
-    leaderboard: str = field(default="bench/results/leaderboard", metadata={"help": "an eval --out_dir folder"})
-    pairs: list[str] = field(default_factory=lambda: [f"{a}:{b}" for a, b in GAIN_PAIRS],
-                             metadata={"help": "METHOD:REFERENCE comparisons"})
-
-    def comparisons(self) -> list[tuple[str, str]]:
-        pairs = [tuple(p.split(":")) for p in self.pairs]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"--pairs takes METHOD:REFERENCE, e.g. oppu-k0:np-k0, not {self.pairs}")
-        return pairs  # type: ignore[return-value]
-
-    def loaded(self) -> list[TaskPredictions]:
-        methods = sorted({m for pair in self.comparisons() for m in pair})
-        found = [TaskPredictions.load(self.leaderboard, t, methods) for t in self.tasks]
-        if not any(found):
-            raise ValueError(f"{self.leaderboard}: no predictions of {', '.join(self.tasks)} (run oppu-hub eval)")
-        return [p for p in found if p is not None]
-
-
-@dataclass
-class ActiveLevelsConfig(LeaderboardAnalysisConfig):
-    """Users bucketed by history length (equal-count buckets): each method's score and its gains per bucket.
-
-    Args:
-        buckets: activity buckets per task.
-        resamples / bootstrap_seed: the paired bootstrap over each bucket's users.
-    """
-
-    buckets: int = field(default=3, metadata={"help": "number of activity buckets"})
-    resamples: int = field(default=1000, metadata={"help": "bootstrap resamples of a bucket's users"})
-    bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resamples"})
+def leaderboard_predictions(config: LeaderboardAnalysisConfig) -> list[TaskPredictions]:
+    """The files of ``config``'s tasks in its leaderboard (tasks without predictions left out; none is an error)."""
+    methods = sorted({m for pair in config.comparisons() for m in pair})
+    found = [TaskPredictions.load(config.leaderboard, t, methods) for t in config.tasks]
+    if not any(found):
+        raise ValueError(f"{config.leaderboard}: no predictions of {', '.join(config.tasks)} (run oppu-hub eval)")
+    return [p for p in found if p is not None]
 
 
 def _interval(iv: Any) -> str:
@@ -152,7 +116,7 @@ def active_levels(config: ActiveLevelsConfig) -> dict[str, Any]:
     pairs = [f"{a} - {b}" for a, b in config.comparisons()]
     header = ["task", "bucket", "users", "history items", "queries", *pairs]
     rows, plots = [], []
-    for preds in config.loaded():
+    for preds in leaderboard_predictions(config):
         split = load_task_split(config.data_dir, preds.task, config.split)
         lengths = {u: len(split.user_history(u)) for u in preds.user_ids()}
         buckets = bucket_gains(preds, lengths, config.buckets, config.comparisons(), config.resamples,
@@ -185,7 +149,7 @@ def user_gains(config: LeaderboardAnalysisConfig) -> dict[str, Any]:
     """For each task and comparison, how many users the method helps, hurts or leaves unchanged."""
     header = ["task", "comparison", "users", "helped", "hurt", "unchanged"]
     rows = []
-    for preds in config.loaded():
+    for preds in leaderboard_predictions(config):
         for a, b in config.comparisons():
             if a in preds.methods and b in preds.methods:
                 counts = user_outcomes(preds, a, b)

@@ -8,7 +8,6 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,16 @@ from .adapters import (
 )
 from .data import LampSplit, item_keys, load_task_split, query_keys, write_predictions
 from .decoding import ContrastiveLogitsProcessor
-from .decoding_config import DecodingOptions
 from .io import make_private_dirs, safe_name
 from .label_scoring import best_labels, label_logprobs
 from .metrics import score
 from .models import BaseModelConfig, load_base, model_fingerprint
+from .predict_config import PredictConfig
 from .priors import calibrated, global_prior, user_prior
 from .profiles import ProfileStore
 from .prompts import PromptBuilder, query_prompt
 from .retrieval import RandomHistory
-from .tasks import Task, get_task
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -180,62 +179,6 @@ def clean_answer(task: Task, text: str) -> str:
     """What goes into a prediction file: the parsed label, or the raw (first-line) text if none parses."""
     parsed = task.parse_output(text)
     return parsed if parsed is not None else text.strip().splitlines()[0] if text.strip() else ""
-
-
-@dataclass
-class PredictConfig(DecodingOptions):
-    """Predictions for one method (``oppu-hub predict``).
-
-    Args:
-        task / data_dir / split: which queries.
-        base_dir: the task-adapted base (or any base model).
-        adapters_dir: users' adapters (``train-users`` output folder); omit for no adapters (non-personalized).
-        k: BM25-retrieved history items in each prompt.
-        profile: put the user's profile text in each prompt.
-        random_history: fill the ``k`` history slots with random items of other users (the baseline).
-        history_format: the history format the adapters must have been trained with (``full``/``input``/``output``).
-        allow_setting_mismatch: use adapters trained with another k / profile / history format than requested
-            (refused by default: each method pairs with adapters trained the same way).
-        users / max_users: restrict to these users / the first N users.
-        output: prediction file (LaMP format); default ``{base_dir}/predictions/...``.
-        batch_size: prompts per ``generate`` call.
-        max_adapters: resident adapters at most (LRU).
-        contrastive: contrastive personal decoding of each user's adapter against the base (needs adapters).
-        prior: label scores shifted by each user's label prior (classification and rating tasks).
-        answers / contrast_* / prior_*: :class:`~oppu_hub.decoding_config.DecodingOptions`.
-    """
-
-    task: str = field(default="LaMP-2N", metadata={"help": "LaMP task"})
-    data_dir: str = field(default="data", metadata={"help": "LaMP-format data folder"})
-    split: str = field(default="test", metadata={"help": "split to predict: test | dev | train"})
-    base_dir: str = field(default="runs/base/LaMP-2N/k0", metadata={"help": "base model folder or id"})
-    adapters_dir: str | None = field(default=None, metadata={"help": "folder of users' adapters (OPPU)"})
-    k: int = field(default=0, metadata={"help": "BM25-retrieved history items in the prompt"})
-    profile: bool = field(default=False, metadata={"help": "put the user's profile in the prompt"})
-    profiles_dir: str = field(default="runs/profiles", metadata={"help": "profile cache"})
-    random_history: bool = field(default=False, metadata={"help": "k random items of other users instead"})
-    history_format: str = field(default="full", metadata={"help": "history format the adapters were trained with"})
-    allow_setting_mismatch: bool = field(default=False, metadata={
-        "help": "use adapters trained with another k/profile/history format than requested"})
-    users: list[str] | None = field(default=None, metadata={"help": "only these user ids"})
-    max_users: int | None = field(default=None, metadata={"help": "only the first N users"})
-    output: str | None = field(default=None, metadata={"help": "prediction file to write (LaMP format)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
-    max_adapters: int = field(default=16, metadata={"help": "resident adapters at most (LRU)"})
-    seed: int = field(default=0, metadata={"help": "seed of the random-history baseline"})
-    contrastive: bool = field(default=False, metadata={"help": "contrastive decoding against the base"})
-    prior: bool = field(default=False, metadata={"help": "label scores + each user's label prior"})
-
-    def __post_init__(self) -> None:
-        task = get_task(self.task)
-        self.task = task.name  # canonical, and an unknown task fails here
-        if self.contrastive and not self.adapters_dir:
-            raise ValueError("--contrastive contrasts users' adapters with the base: give --adapters_dir")
-        if self.contrastive and self.answers == "labels" and task.labels:
-            raise ValueError("--contrastive applies to generated answers, not to --answers labels")
-        if self.prior and not task.labels:
-            raise ValueError(f"--prior scores labels; {task.name} has none (a generation task)")
 
 
 def build_prompts(config: PredictConfig, split: LampSplit, users: Sequence[str], tokenizer: Any

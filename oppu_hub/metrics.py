@@ -45,6 +45,6 @@ def score(task: Task | str, predictions: Mapping[str, str], golds: Mapping[str, 
 def load_metric(task: Task | str, **kwargs: Any) -> EvaluationModule:
     """The task's LaMP metric as an ``evaluate`` module, loaded offline from the package folder (``kwargs`` go to
     ``evaluate.load``). It scores raw strings, without :func:`score`'s answer normalisation."""
-    import evaluate
+    import evaluate  # imports torch: metrics stays torch-free for score()
 
     return evaluate.load(str(PATH), get_task(task).name, **kwargs)

@@ -45,11 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oppu_hub.data import newest_items
+from oppu_hub.methods import SPACE_COLUMNS
+
 HUB_PREFIXES = ("hub:", "hf:", "hf://")
 STORE_PREFIXES = (*HUB_PREFIXES, "local:", "file://")
 HELD_OUT = "held-out query"
 FREE_TEXT = "free text"
-METHODS = ("non-personalized", "RAG", "OPPU", "OPPU + RAG")
+METHODS = tuple(c.name for c in SPACE_COLUMNS)
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"  # the token of gradio's sign-in outside a Space
 LOCAL_VISITOR = "you"  # the user id of an adapter made where nobody signs in
 QUERY_ID = "your query"
@@ -528,7 +531,7 @@ class Backend:
         progress(0.02, "checking your history")
         question = {"id": QUERY_ID, "input": t.format_input(**fields), "user_id": user}
         items = read_history(upload, t, question)
-        used = items[-self.config.max_items:]
+        used = newest_items(items, self.config.max_items)
         made_id = uuid.uuid4().hex
         folder = private_dir(self.work / "made" / made_id)
         try:

@@ -60,9 +60,9 @@ def leaderboard(env):
 
 
 def test_active_levels_read_the_leaderboard_files(env, monkeypatch):
-    import oppu_hub.evaluation
+    import oppu_hub.pipeline
 
-    monkeypatch.setattr(oppu_hub.evaluation.Pipeline, "run", lambda *a, **k: pytest.fail("predicted"))
+    monkeypatch.setattr(oppu_hub.pipeline.Pipeline, "run", lambda *a, **k: pytest.fail("predicted"))
     lb = leaderboard(env)
     table = run(env, "active-levels", "--leaderboard", str(lb), "--buckets", "3", "--pairs", "oppu-k0:np-k0",
                 "oppu-k1:rag-k1")

@@ -13,18 +13,12 @@ from conftest import make_lamp2n, make_random_adapter
 from oppu_hub.adapters import AdapterRecord
 from oppu_hub.cli import main
 from oppu_hub.data import read_predictions, write_predictions
-from oppu_hub.evaluation import (
-    Method,
-    Pipeline,
-    build_table,
-    format_csv,
-    format_markdown,
-    parse_method,
-    rescore,
-    write_table,
-)
+from oppu_hub.evaluation import rescore
 from oppu_hub.io import write_json
+from oppu_hub.leaderboard import build_table, format_csv, format_markdown, write_table
+from oppu_hub.methods import Method, parse_method
 from oppu_hub.metrics import score
+from oppu_hub.pipeline import Pipeline
 from oppu_hub.tasks import get_task
 
 TINY = ["--base.max_examples", "4", "--user.max_history", "3", "--user.num_train_epochs", "1",
@@ -292,7 +286,7 @@ EVAL_FULL_FLAGS = ["--users", "40", "--base.max_examples", "128", "--base.num_tr
 
 def eval_config(*flags: str):
     from oppu_hub.cli import build_parser, config_from_args
-    from oppu_hub.evaluation import EvalConfig
+    from oppu_hub.pipeline_config import EvalConfig
 
     return config_from_args(EvalConfig, build_parser().parse_args(["eval", *flags]))
 
@@ -300,7 +294,8 @@ def eval_config(*flags: str):
 def test_artifact_hashes_are_stable(data, tmp_path):
     # Bases and adapters are found again by the hash of their settings: the same settings, however built, must
     # give the same folder as before (multi-hour artifacts are reused by it), and an execution detail none.
-    from oppu_hub.evaluation import _hashable, config_hash
+    from oppu_hub.pipeline import config_hash
+    from oppu_hub.pipeline import hashable as _hashable
     from trainers import BaseTaskConfig
 
     assert config_hash(EVAL_FULL_BASE) == "c6fc9474e6d3"  # the recorded dicts name the recorded folders

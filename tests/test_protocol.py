@@ -5,7 +5,8 @@ import json
 import pytest
 
 from oppu_hub import protocol
-from oppu_hub.evaluation import Pipeline, PipelineConfig
+from oppu_hub.pipeline import Pipeline
+from oppu_hub.pipeline_config import PipelineConfig
 from oppu_hub.tuned import user_defaults
 
 

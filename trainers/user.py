@@ -18,6 +18,7 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from oppu_hub.adapters import AdapterCorruptError, AdapterRecord, check_base, check_setting, verify_adapter
+from oppu_hub.data import newest_items
 from oppu_hub.io import atomic_dir, owner_only, private_dir, safe_name
 from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tuned import TUNED_SETTINGS, user_settings
@@ -167,7 +168,7 @@ def plan_job(config: UserAdapterConfig, builder: PromptBuilder, base_fingerprint
     """What training ``user_id`` into ``folder`` takes; ``None`` when there is nothing to do (a finished adapter,
     or with ``update`` one already trained on every history item). An update refuses an adapter trained on
     another base or with another k / profile / history format; a folder that does not verify is replaced."""
-    history = list(history)[-config.max_history:] if config.max_history else list(history)
+    history = newest_items(history, config.max_history)
     previous = finished_adapter(folder, user_id, config.task)
     if previous is not None and not config.update:
         return None

@@ -85,8 +85,10 @@ class BuildConfig:
         queries_per_user: each user's latest Q possible queries become questions, all with the one profile
             before the earliest of them (LaMP: 1).
         min_history: the earliest query needs at least this many earlier items of its user (>= 1).
-        max_history: cap on profile length (the most recent items before the earliest query); ``None`` keeps
-            all.
+        max_history: cap on profile length in the built data (the most recent items before the earliest query);
+            ``None`` keeps all. Unlike the user adapters' ``max_history`` (:func:`oppu_hub.data.newest_items` at
+            training time, which cuts only what an adapter trains on), this decides which items the files hold, so
+            every method sees the capped history (retrieval, profiles, baselines and adapters alike).
         max_test_fraction: the test + dev pool never takes more than this fraction of the eligible users (test
             and dev shrink in proportion, so thin sources keep train users); 1.0 lets the counts alone decide.
         seed: seeds the dev draw and LaMP-1's reference choice and option order.
@@ -107,7 +109,8 @@ class BuildConfig:
     queries_per_user: int = field(default=1, metadata={
         "help": "latest items per user that become queries (one shared profile before the earliest)"})
     min_history: int = field(default=5, metadata={"help": "history items the earliest query needs at least"})
-    max_history: int | None = field(default=None, metadata={"help": "keep at most the N most recent items"})
+    max_history: int | None = field(default=None, metadata={
+        "help": "profiles in the built files keep at most the N most recent items (every method sees the cap)"})
     max_test_fraction: float = field(default=0.5, metadata={"help": "test + dev take at most this share of users"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     force: bool = field(default=False, metadata={"help": "replace task folders built with another config"})

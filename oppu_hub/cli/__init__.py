@@ -10,9 +10,11 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import Any, TypeVar, get_type_hints
 
 from transformers import HfArgumentParser
+from transformers.utils import logging as hf_logging
 
 from .. import __version__
 
@@ -156,10 +158,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """Keep our own progress bars; drop the libraries' per-load bars and deprecation chatter."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")

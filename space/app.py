@@ -22,7 +22,7 @@ the operator's, read as before.
 Lines), checked as LaMP data is; their adapter is trained on the shared task-adapted k=0 base with ``train_users``
 (one training at a time, the others queued), compared four ways on their query, and pushed to their own private
 repo with their token (``HubStore.push``: card, tags, ``oppu.json``). **Delete my adapter** deletes it as
-``oppu-hub delete`` does (:func:`oppu_hub.store.forget_user`), with the Space's copies.
+``oppu-hub delete`` does (:func:`oppu_hub.forget.forget_user`), with the Space's copies.
 
 Run locally with ``make space`` / ``oppu-hub space`` (or ``python space/app.py``); deploy as a Hugging Face
 Space with ``OPPU_HUB_STORE=hub:NAMESPACE`` (see README.md). Heavy imports (torch, gradio) are done lazily so
@@ -47,9 +47,8 @@ from typing import Any
 
 from oppu_hub.data import newest_items
 from oppu_hub.methods import SPACE_COLUMNS
+from oppu_hub.store import is_store_spec, parse_store_spec
 
-HUB_PREFIXES = ("hub:", "hf:", "hf://")
-STORE_PREFIXES = (*HUB_PREFIXES, "local:", "file://")
 HELD_OUT = "held-out query"
 FREE_TEXT = "free text"
 METHODS = tuple(c.name for c in SPACE_COLUMNS)
@@ -133,22 +132,6 @@ class Visitor:
 
 
 ANONYMOUS = Visitor()
-
-
-def _is_hub(spec: str) -> bool:
-    return spec.startswith(HUB_PREFIXES) or spec in ("hub", "hf")
-
-
-def _is_store(spec: str) -> bool:
-    return spec.startswith(STORE_PREFIXES) or spec in ("hub", "hf")
-
-
-def _hub_namespace(spec: str) -> str | None:
-    """The namespace of a Hub store spec (``hub:NAMESPACE``); ``None`` for ``hub`` alone (the token's user)."""
-    for prefix in HUB_PREFIXES:
-        if spec.startswith(prefix):
-            return spec[len(prefix):].strip("/") or None
-    return None
 
 
 def _fill(template: str, task: str, k: int) -> str:
@@ -246,7 +229,8 @@ class Backend:
         Hub (gradio's local sign-in stands for that login)."""
         from huggingface_hub import get_token
 
-        return bool(os.environ.get("SPACE_ID")) or (_is_hub(self.config.adapters_dir) and get_token() is not None)
+        return bool(os.environ.get("SPACE_ID")) or (parse_store_spec(self.config.adapters_dir).kind == "hub"
+                                                    and get_token() is not None)
 
     def visitor(self, token: str | None) -> Visitor:
         """The visitor holding the OAuth ``token`` (``None``: anonymous), named by the Hub (``whoami``, remembered).
@@ -254,7 +238,8 @@ class Backend:
         that login's token is used, and only while the app is served to this machine alone."""
         from huggingface_hub import get_token
 
-        from oppu_hub.store import HubStore, StoreError
+        from oppu_hub.hub_store import HubStore
+        from oppu_hub.store_base import StoreError
 
         if token == MOCK_OAUTH_TOKEN and not os.environ.get("SPACE_ID"):
             if self.config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -278,7 +263,7 @@ class Backend:
         from oppu_hub.tasks import TASKS
 
         found = [t for t in TASKS if (Path(self.config.data_dir) / t / f"{self.config.split}_questions.json").is_file()
-                 and (_is_store(self.config.adapters_dir) or self._adapters_root(t).is_dir())]
+                 and (is_store_spec(self.config.adapters_dir) or self._adapters_root(t).is_dir())]
         return found or [self.config.task]
 
     def split(self, task: str) -> Any:
@@ -294,7 +279,7 @@ class Backend:
     def users(self, task: str, visitor: Visitor = ANONYMOUS) -> list[str]:
         """The split's users that have an adapter ``visitor`` may read."""
         split = self.split(task)
-        if _is_store(self.config.adapters_dir):
+        if is_store_spec(self.config.adapters_dir):
             store = self.store(visitor)
             repos = {r.repo_id for r in store.list(task=task)}
             return [u for u in split.user_ids if store.repo_id(u, task) in repos]
@@ -309,7 +294,7 @@ class Backend:
         if visitor.name is None:
             return []
         data_repos: set[str] = set()
-        if _is_hub(self.config.adapters_dir):
+        if parse_store_spec(self.config.adapters_dir).kind == "hub":
             store = self.store(visitor)
             data_repos = {store.repo_id(u, task) for u in self.split(task).user_ids}
         return [r.repo_id for r in self.own_store(visitor).list(task=task) if r.repo_id not in data_repos]
@@ -358,8 +343,9 @@ class Backend:
         (``token=False``: public repos only), never the Space's own; a local store is the operator's."""
         from oppu_hub.store import open_store
 
-        if _is_hub(self.config.adapters_dir):
-            if _hub_namespace(self.config.adapters_dir) is None:
+        spec = parse_store_spec(self.config.adapters_dir)
+        if spec.kind == "hub":
+            if spec.namespace is None:
                 raise SpaceError(f"{self.config.adapters_dir!r} names no namespace: the Space reads hub:NAMESPACE, "
                                  f"never the namespace of its own token")
             return open_store(self.config.adapters_dir, token=visitor.token or False)
@@ -370,7 +356,7 @@ class Backend:
     def own_store(self, visitor: Visitor) -> Any:
         """The signed-in visitor's own Hub namespace, read and written with their token (users named by their raw
         id: the namespace already names them)."""
-        from oppu_hub.store import HubStore
+        from oppu_hub.hub_store import HubStore
 
         if visitor.name is None:
             raise SpaceError("sign in with Hugging Face first")
@@ -410,7 +396,7 @@ class Backend:
         from oppu_hub.io import safe_name
 
         own = self.is_own_repo(task, user)
-        if not own and not _is_store(self.config.adapters_dir):
+        if not own and not is_store_spec(self.config.adapters_dir):
             folder = self._adapters_root(task, k) / safe_name(user)
             if not is_complete(folder):
                 raise AdapterNotFoundError(f"no adapter for user {user!r} in {self._adapters_root(task, k)}")
@@ -579,7 +565,7 @@ class Backend:
     def delete_mine(self, visitor: Visitor) -> list[str]:
         """Delete the visitor's adapter repos with all their revisions and this machine's downloads of them, as
         ``oppu-hub delete`` does; returns the deleted repo ids."""
-        from oppu_hub.store import forget_user
+        from oppu_hub.forget import forget_user
 
         return forget_user(visitor.name, store=self.own_store(visitor)).repos
 

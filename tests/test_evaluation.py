@@ -241,9 +241,8 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
 
 def test_pooled_adapter_applies_to_every_query_like_a_loaded_user_adapter(tiny_base, tmp_path):
     # Pipeline.run predicts pooled-kN on a Generator whose model already carries the pooled adapter.
-    from oppu_hub.inference import Generator
+    from oppu_hub.inference import Generator, load_user_adapter
     from oppu_hub.models import load_base
-    from oppu_hub.store import load_user_adapter
 
     folder = make_random_adapter(tiny_base, tmp_path / "pooled", user_id="pooled")
     prompts = ["article: harbor story category:", "article: violin concerto category:"]

@@ -18,9 +18,12 @@ import pytest
 from conftest import REPO, make_lamp2n, make_random_adapter, user_config
 from hub_server import ALICE, ALICE_READ_ONLY, BOB
 from oppu_hub.adapters import AdapterRecord
+from oppu_hub.forget import ForgetIncompleteError, forget_user
+from oppu_hub.hub_store import HubStore
 from oppu_hub.io import atomic_dir, remove_stale_temps
+from oppu_hub.local_store import LocalStore
 from oppu_hub.models import model_fingerprint
-from oppu_hub.store import ForgetIncompleteError, HubStore, LocalStore, StoreUploadError, forget_user
+from oppu_hub.store_base import StoreUploadError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

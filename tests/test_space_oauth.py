@@ -40,7 +40,7 @@ def hub_space(hub_env: HubEnv, trained, tiny_base, monkeypatch):
     """``hub:lamp-lab`` with u2's adapter public and u3's private (pushed by alice, ids hashed), and the app."""
     import gradio.oauth
 
-    from oppu_hub.store import HubStore
+    from oppu_hub.hub_store import HubStore
 
     monkeypatch.setenv("OPPU_HUB_USER_SALT", "space-test-salt")
     real_whoami = gradio.oauth.whoami  # gradio's local sign-in wants an avatar the test Hub does not serve

@@ -22,19 +22,18 @@ from conftest import make_random_adapter
 from hub_server import ALICE, ALICE_READ_ONLY, BOB
 from oppu_hub.adapters import AdapterBaseMismatchError, AdapterRecord
 from oppu_hub.cards import hash_user_id
-from oppu_hub.store import (
+from oppu_hub.hub_store import HubStore
+from oppu_hub.inference import load_user_adapter
+from oppu_hub.local_store import LocalStore
+from oppu_hub.store import open_store, push_adapter
+from oppu_hub.store_base import (
     AdapterRepoNotFoundError,
-    HubStore,
-    LocalStore,
     StoreAuthError,
     StoreConnectionError,
     StoreError,
     StoreNamespaceError,
     StorePublicRepoError,
     StoreUploadError,
-    load_user_adapter,
-    open_store,
-    push_adapter,
 )
 
 if TYPE_CHECKING:
@@ -334,7 +333,7 @@ def test_local_wrong_base_fails(tiny_base, adapter_template, tmp_path):
 
 
 def test_local_push_failing_midway_changes_nothing(adapter_template, tmp_path, monkeypatch):
-    import oppu_hub.store as store_module
+    import oppu_hub.local_store as store_module
 
     store = LocalStore(tmp_path / "store", "alice")
     first = store.push(make_adapter(adapter_template, tmp_path / "v1"))

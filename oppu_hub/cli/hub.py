@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..forget import plan_forget
+from ..store import open_store
+from ..store_base import AdapterStore
 from . import add_command, config_from_args
-
-if TYPE_CHECKING:
-    from ..store import AdapterStore
 
 _STORE_HELP = ("hub:NAMESPACE (Hugging Face Hub; endpoint/token from HF_ENDPOINT, HF_TOKEN or `hf auth login`), "
                "hub (the token's own namespace) or a local store folder; default $OPPU_HUB_STORE, else the local "
@@ -31,8 +31,6 @@ class StoreOptions:
         "help": "name users by their raw id, also on the Hub (ids can be personal data); the local default"})
 
     def open(self, **kwargs: Any) -> AdapterStore:
-        from ..store import open_store
-
         if self.hash_user_ids and self.raw_user_ids:
             raise ValueError("--hash_user_ids and --raw_user_ids contradict each other: pass one")
         hashed = True if self.hash_user_ids else False if self.raw_user_ids else None
@@ -125,8 +123,6 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from ..store import plan_forget
-
     config = config_from_args(DeleteConfig, args)
     store = config_from_args(StoreOptions, args).open()
     plan = plan_forget(config.user, config.roots, store)

@@ -6,6 +6,9 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data import check_output_path
+from ..distributed import RayOptions, predict_on_ray
+from ..predict_config import PredictConfig
 from . import add_command, config_from_args
 
 
@@ -18,30 +21,20 @@ class OutputOptions:
 
 
 def register(subparsers: Any) -> None:
-    from ..distributed import RayOptions
-    from ..inference import PredictConfig
-
     add_command(subparsers, "predict", _predict,
                 "predict the queries of a split with the base, retrieval, profile and/or users' adapters",
                 PredictConfig, RayOptions, OutputOptions)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..data import check_output_path
-    from ..distributed import RayOptions
-    from ..inference import PredictConfig, predict, save_predictions
+    from ..inference import predict, save_predictions  # here: torch, kept out of `oppu-hub --help`
 
     config = config_from_args(PredictConfig, args)
     if config.output:  # refused before any model is loaded
         check_output_path(config.output, config.data_dir, config.task,
                           overwrite=config_from_args(OutputOptions, args).overwrite)
     ray_options = config_from_args(RayOptions, args)
-    if ray_options.enabled:
-        from ..distributed import predict_on_ray
-
-        predictions = predict_on_ray(config, ray_options)
-    else:
-        predictions = predict(config)
+    predictions = predict_on_ray(config, ray_options) if ray_options.enabled else predict(config)
     path, scores = save_predictions(config, predictions)
     print(f"{len(predictions)} predictions written to {path}")
     if scores:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.concurrent import IGNORE
+from trainers.rows import IGNORE
 
 
 def model_shape(model: nn.Module, targets: Sequence[str] | str, r: int) -> dict[str, int]:
@@ -40,7 +40,7 @@ def model_shape(model: nn.Module, targets: Sequence[str] | str, r: int) -> dict[
 
 
 def training_flops(shape: dict[str, int], rows: Sequence[Any], epochs: float) -> dict[str, float]:
-    """The work of training on ``rows`` (``trainers.concurrent.Row``: ``input_ids`` and ``labels``) for ``epochs``,
+    """The work of training on ``rows`` (``trainers.rows.Row``: ``input_ids`` and ``labels``) for ``epochs``,
     by component (see the module docstring); ``total`` is their sum."""
     P, V, d, L, lora = (shape[k] for k in ("P", "V", "d", "L", "lora"))
     T = sum(len(r.input_ids) for r in rows)

@@ -16,24 +16,41 @@ import datetime as dt
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the synthetic LaMP-2N writer and the tiny base of the test suite
+import ray
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import make_lamp2n  # noqa: E402
-from oppu_hub.distributed import RayOptions, train_users_on_ray  # noqa: E402
-from oppu_hub.models import ensure_default_base  # noqa: E402
-from trainers import UserAdapterConfig, train_users  # noqa: E402
+from oppu_hub.data import LampSplit, Question, write_split
+from oppu_hub.distributed import RayOptions, train_users_on_ray
+from oppu_hub.models import ensure_default_base
+from oppu_hub.tasks import NEWS_CATEGORIES, get_task
+from trainers import UserAdapterConfig, train_users
+
+TOPICS = ["harbor", "quantum", "violin", "glacier", "saffron", "tundra", "marble", "cobalt"]
+
+
+def synthetic_users(folder: Path, users: int, history: int) -> Path:
+    """LaMP-2N test data of ``users`` users, each with ``history`` items about one topic word in one category (a
+    signal an adapter can learn); returns the data folder."""
+    task = get_task("LaMP-2N")
+    questions = []
+    for n in range(users):
+        word, label = TOPICS[n % len(TOPICS)], NEWS_CATEGORIES[n % len(NEWS_CATEGORIES)]
+        items = [{"id": f"u{n}-{j}", "text": f"{word} story number {j} about the {word} of day {j}",
+                  "title": f"{word} {j}", "category": label,
+                  "date": (dt.date(2020, 1, 1) + dt.timedelta(days=j)).isoformat()} for j in range(history)]
+        query = task.format_input(text=f"{word} story number {history} about the {word} of day {history}")
+        questions.append(Question(f"q{n}", query, items, f"u{n}", label))
+    write_split(LampSplit(task, questions), folder / task.name, "test")
+    return folder
 
 
 def tiny_base(folder: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+    """A 2-layer random Llama with the default base's tokenizer, saved as a model folder."""
     tokenizer = AutoTokenizer.from_pretrained(ensure_default_base())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -54,13 +71,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default="bench/results/ray_users.json")
     args = parser.parse_args()
-
-    import ray
-
     scratch = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     base = {"default": lambda: ensure_default_base(), "tiny": lambda: tiny_base(scratch / "tiny")}.get(
         args.base, lambda: Path(args.base))()
-    data = make_lamp2n(scratch / "data", {"test": args.users}, history=args.history)
+    data = synthetic_users(scratch / "data", args.users, args.history)
     cpus = os.cpu_count() or 1
 
     def config(name: str) -> UserAdapterConfig:

@@ -44,7 +44,7 @@ from oppu_hub.tasks import get_task  # noqa: E402
 from oppu_hub.tuned import user_settings  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
 from trainers.common import bf16_available, max_length, set_threads  # noqa: E402
-from trainers.concurrent import tokenize_rows  # noqa: E402
+from trainers.rows import tokenize_rows  # noqa: E402
 from trainers.runs import Workspace  # noqa: E402
 
 TASK = get_task("LaMP-2N")

@@ -13,7 +13,8 @@ A worker that dies mid-user (process killed, node lost) leaves no partial adapte
 the head of the queue for the next free actor (up to ``max_retries`` times, then it is recorded as failed in
 ``run.json``) and replaces the dead actor with a fresh one that Ray places wherever resources are free.
 
-Ray is imported only here and only when ``--ray`` is given (``pip install 'oppu-hub[ray]'``).
+Ray is imported only here and only when ``--ray`` is given (``pip install 'oppu-hub[ray]'``). Torch, trl and the
+trainers load only in the functions that use them: command registration imports :class:`RayOptions` from here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from .data import LampSplit, load_task_split
+
 if TYPE_CHECKING:
     from trainers.runs import Emit, UserRunReport
-    from trainers.user import UserAdapterConfig
+    from trainers.user_config import UserAdapterConfig
 
-    from .data import LampSplit
-    from .inference import PredictConfig
+    from .predict_config import PredictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +77,7 @@ class RayOptions:
 
 
 def _quiet_worker(threads: int) -> None:
-    import warnings
-
-    import datasets
+    import datasets  # in the worker only, as every heavy import here (see the module doc)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -97,7 +98,7 @@ class UserTrainWorker:
         self.init_error: str | None = None
         try:
             _quiet_worker(threads)
-            from trainers.runs import Workspace, local_executor
+            from trainers.runs import Workspace, local_executor  # in the worker only (see the module doc)
 
             self.workspace = Workspace.load(config)
             self.executor = local_executor(config)
@@ -124,7 +125,7 @@ class PredictWorker:
         self.init_error: str | None = None
         try:
             _quiet_worker(threads)
-            from .inference import Generator
+            from .inference import Generator  # in the worker only (see the module doc)
             from .models import BaseModelConfig, load_base
 
             self.generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
@@ -135,7 +136,7 @@ class PredictWorker:
         return self.init_error
 
     def run(self, users: list[str]) -> dict[str, Any]:
-        from .inference import predict
+        from .inference import predict  # in the worker only (see the module doc)
 
         start = time.perf_counter()
         try:
@@ -157,7 +158,7 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
     """The ``ray`` module, connected per ``options.ray``; an existing connection (``ray.init`` by the caller) is
     reused and left open, one made here is shut down on exit."""
     try:
-        import ray
+        import ray  # optional: oppu-hub[ray]
     except ImportError:
         raise RuntimeError("--ray needs Ray: pip install 'oppu-hub[ray]'") from None
     started = False
@@ -203,7 +204,7 @@ def pool_map(ray: Any, worker_cls: type, init_args: tuple[Any, ...], items: Mapp
     head of the queue for the next free actor, up to ``options.max_retries`` times, then is yielded as failed. An
     actor whose base cannot load (``ready()`` returns the error) is dropped; if none can, ``RuntimeError``.
     """
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError  # optional: oppu-hub[ray]
 
     remote = ray.remote(worker_cls).options(
         num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=0, max_task_retries=0)
@@ -291,7 +292,7 @@ class RayExecutor:
     options: RayOptions
 
     def run(self, config: UserAdapterConfig, split: LampSplit, users: Sequence[str], emit: Emit) -> None:
-        from trainers.runs import Outcome
+        from trainers.runs import Outcome  # when a command runs (see the module doc)
 
         with ray_session(self.options) as ray:
             workers, gpus = worker_count(ray, self.options, len(users))
@@ -305,7 +306,7 @@ class RayExecutor:
 
 def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRunReport:
     """:func:`trainers.runs.train_users` on a Ray cluster: same adapters, same ``run.json`` and report."""
-    from trainers.runs import train_users
+    from trainers.runs import train_users  # when a command runs (see the module doc)
 
     return train_users(config, executor=RayExecutor(options))
 
@@ -313,8 +314,7 @@ def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRu
 def predict_on_ray(config: PredictConfig, options: RayOptions) -> dict[str, str]:
     """:func:`oppu_hub.inference.predict` on a Ray cluster, groups of users per actor: the same
     ``{question id: answer}``."""
-    from .data import load_task_split
-    from .inference import adapter_folders
+    from .inference import adapter_folders  # when a command runs (see the module doc)
 
     split = load_task_split(config.data_dir, config.task, config.split)
     users = split.select_users(config.users, config.max_users)

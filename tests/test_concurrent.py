@@ -22,7 +22,8 @@ from oppu_hub.prompts import PromptBuilder, history_examples
 from oppu_hub.tasks import get_task
 from trainers import ConcurrentExecutor, SequentialExecutor, UserAdapterConfig, UserAdapterTrainer, UserJob, train_users
 from trainers.common import MAX_AUTO_SLOTS, lr_factor, max_length, sft_config, slots_that_fit, warmup_steps
-from trainers.concurrent import ConcurrentLoraTrainer, batch_plan, tokenize_rows, train_lora_users
+from trainers.concurrent import ConcurrentLoraTrainer, train_lora_users
+from trainers.rows import batch_plan, tokenize_rows
 from trainers.runs import local_executor
 
 

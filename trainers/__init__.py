@@ -1,13 +1,26 @@
 """TRL ``SFTTrainer`` subclasses for OPPU: task adaptation of the base and one PEFT per user, and the run over
-many users (:mod:`trainers.runs`) with its sequential, concurrent and Ray executors."""
+many users (:mod:`trainers.runs`) with its sequential, concurrent and Ray executors. Each trainer's config is a
+torch-free ``*_config`` module beside it.
 
-from .base import BaseTaskConfig, BaseTaskTrainer, train_base
-from .common import PeftOptions, TrainingConfig
-from .runs import ConcurrentExecutor, Executor, SequentialExecutor, UserRunReport, train_users
-from .user import UserAdapterConfig, UserAdapterTrainer, UserJob
+The names below load their module on first use (as trl's ``_LazyModule``), so importing a config module does not
+load torch, transformers, peft or trl."""
 
-__all__ = [
-    "BaseTaskConfig", "BaseTaskTrainer", "ConcurrentExecutor", "Executor", "PeftOptions", "SequentialExecutor",
-    "TrainingConfig", "UserAdapterConfig", "UserAdapterTrainer", "UserJob", "UserRunReport", "train_base",
-    "train_users",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULES = {
+    "BaseTaskConfig": "base_config", "BaseTaskTrainer": "base", "ConcurrentExecutor": "runs", "Executor": "runs",
+    "PeftOptions": "training_config", "SequentialExecutor": "runs", "TrainingConfig": "training_config",
+    "UserAdapterConfig": "user_config", "UserAdapterTrainer": "user", "UserJob": "user", "UserRunReport": "runs",
+    "train_base": "base", "train_users": "runs",
+}
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)

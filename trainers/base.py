@@ -1,5 +1,6 @@
 """Task adaptation of the shared base (the paper's first stage): a LoRA trained on the task over the training
-users, merged into the base and saved as a normal model folder with ``oppu_base.json``."""
+users, merged into the base and saved as a normal model folder with ``oppu_base.json``. Its config is
+:class:`trainers.base_config.BaseTaskConfig`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import hashlib
 import logging
 import random
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,40 +17,17 @@ from trl import SFTTrainer
 
 from oppu_hub.data import LampSplit, load_task_split
 from oppu_hub.io import atomic_dir, read_json, remove_stale_temps, write_json
-from oppu_hub.models import DEFAULT_BASE, BaseModelConfig, load_base, model_fingerprint
+from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
 from oppu_hub.profiles import ProfileStore
 from oppu_hub.prompts import PromptBuilder, completion, history_examples, query_prompt
 from oppu_hub.tasks import get_task
 
-from .common import PeftOptions, TrainingConfig, final_loss, last_checkpoint, set_threads, sft_config
+from .base_config import BaseTaskConfig
+from .common import final_loss, last_checkpoint, set_threads, sft_config
 
 logger = logging.getLogger(__name__)
 
 BASE_RECORD = "oppu_base.json"
-
-
-@dataclass
-class BaseTaskConfig(TrainingConfig, PeftOptions):
-    """Task adaptation of the base model (``oppu-hub train-base``).
-
-    Args:
-        base_model: the pretrained base (default SmolLM2-135M-Instruct, offline), a Hub id or a folder.
-        output_dir: task-adapted bases go to ``{output_dir}/{task}/{variant}``.
-        include_history: also train on the training users' history items (pair tasks), not only their queries.
-        max_examples: cap on training examples (a seeded sample) to keep small runs small.
-        overwrite: retrain even if a finished base for this configuration exists.
-    """
-
-    base_model: str = field(default=DEFAULT_BASE, metadata={"help": "pretrained base: name, Hub id or folder"})
-    output_dir: str = field(default="runs/base", metadata={"help": "root folder of task-adapted bases"})
-    include_history: bool = field(default=True, metadata={"help": "also train on train users' history items"})
-    max_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
-    overwrite: bool = field(default=False, metadata={"help": "retrain an existing base"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
-    num_train_epochs: float = field(default=2.0, metadata={"help": "training epochs"})
-
-    def target_dir(self) -> Path:
-        return Path(self.output_dir) / self.task / self.variant
 
 
 class BaseTaskTrainer(SFTTrainer):

@@ -1,109 +1,20 @@
-"""What both OPPU trainers share: the hyperparameters every run has, the ``SFTConfig`` built from them
-(CPU-friendly defaults), PEFT configs, checkpoint-resume helpers, and how many users fit in memory at once."""
+"""What both OPPU trainers share: the ``SFTConfig`` built from a :class:`~trainers.training_config.TrainingConfig`
+(CPU-friendly defaults), the learning-rate schedule, checkpoint-resume helpers, and how many users fit in memory at
+once."""
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from peft import IA3Config, LoraConfig, PeftConfig, PromptTuningConfig, TaskType
 from tqdm.auto import tqdm
 from trl import SFTConfig
 
-from oppu_hub.tasks import get_task
-
-logger = logging.getLogger(__name__)
-
-Precision = Literal["auto", "bf16", "fp32"]
-PeftType = Literal["LORA", "IA3", "PROMPT_TUNING"]
-ALL_LINEAR = "all-linear"
-
-
-@dataclass
-class TrainingConfig:
-    """Hyperparameters every oppu-hub training run has.
-
-    Args:
-        task: LaMP task name (``LaMP-2N``, ``LaMP-3``... or an alias such as ``lamp2n``; stored canonical).
-        data_dir: folder of LaMP-format task data (``{data_dir}/{task}/{split}_questions.json``).
-        k: history items retrieved (BM25) into every training prompt; 0 = no retrieval.
-        profile: put the user's textual profile (``oppu-hub profiles``) into every prompt.
-        profiles_dir: where user profiles are cached.
-        learning_rate: peak learning rate (linear decay).
-        num_train_epochs: passes over the training examples.
-        per_device_train_batch_size: examples per step.
-        gradient_accumulation_steps: steps per optimizer update.
-        max_prompt_length: token budget of a prompt (history and profile are truncated, never the query).
-        precision: ``auto`` trains in bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX), else fp32.
-        seed: seeds data order and initialisation.
-        logging_steps: log the loss every this many optimizer steps.
-    """
-
-    task: str = field(default="LaMP-2N", metadata={"help": "LaMP task: LaMP-1, 2N, 2M, 3, 4, 5, 7"})
-    data_dir: str = field(default="data", metadata={"help": "folder of LaMP-format data ({task}/{split}_*.json)"})
-    k: int = field(default=0, metadata={"help": "BM25-retrieved history items in each prompt"})
-    profile: bool = field(default=False, metadata={"help": "put the user's profile text into each prompt"})
-    profiles_dir: str = field(default="runs/profiles", metadata={"help": "cache of user profile texts"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "training epochs"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "batch size"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
-    precision: Precision = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
-    seed: int = field(default=42, metadata={"help": "random seed"})
-    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
-
-    def __post_init__(self) -> None:
-        self.task = get_task(self.task).name  # canonical, and an unknown task fails here
-
-    @property
-    def variant(self) -> str:
-        """Names the prompt variant: ``k0``, ``k4``, ``k0-profile``, ``k1-profile``."""
-        return f"k{self.k}" + ("-profile" if self.profile else "")
-
-
-@dataclass
-class PeftOptions:
-    """The PEFT method of an adapter.
-
-    Args:
-        peft_type: ``LORA`` (default), ``IA3`` or ``PROMPT_TUNING``.
-        lora_r / lora_alpha / lora_dropout: LoRA rank, scale and dropout (the paper: r=8, alpha=8).
-        target_modules: modules LoRA/IA3 wrap (the reference code: q_proj, v_proj); ``all-linear`` for every
-            linear layer but the LM head.
-        num_virtual_tokens: soft-prompt length for prompt tuning.
-    """
-
-    peft_type: PeftType = field(default="LORA", metadata={"help": "LORA | IA3 | PROMPT_TUNING"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      metadata={"help": "modules to adapt (LoRA, IA3)"})
-    num_virtual_tokens: int = field(default=16, metadata={"help": "soft prompt length (prompt tuning)"})
-
-    def targets(self) -> str | list[str]:
-        """``target_modules`` as peft takes it: the string ``"all-linear"`` (every linear layer but the LM head)
-        or a list of module names."""
-        return ALL_LINEAR if list(self.target_modules) == [ALL_LINEAR] else list(self.target_modules)
-
-    def peft_config(self) -> PeftConfig:
-        if self.peft_type == "LORA":
-            return LoraConfig(task_type=TaskType.CAUSAL_LM, r=self.lora_r, lora_alpha=self.lora_alpha,
-                              lora_dropout=self.lora_dropout, target_modules=self.targets())
-        if self.peft_type == "IA3":
-            # IA3 scales the attention projections and, as feed-forward module, the MLP's down projection.
-            targets = [*self.target_modules, "down_proj"]
-            return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=["down_proj"])
-        if self.peft_type == "PROMPT_TUNING":
-            return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.num_virtual_tokens)
-        raise ValueError(f"unknown peft_type {self.peft_type!r}; expected LORA, IA3 or PROMPT_TUNING")
+from .training_config import TrainingConfig
 
 
 def bf16_available() -> bool:

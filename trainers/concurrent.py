@@ -4,40 +4,36 @@ shared frozen base (the mLoRA idea); the ``train-users`` default for LoRA (:clas
 How it works
 ------------
 * **Slots.** ``N`` users are trained at once, each in a *slot*. Every adapted linear layer of the base (peft's
-  ``target_modules`` matching, resolved by peft itself) is wrapped by :class:`MultiLoraLinear`, which holds the LoRA
-  weights of all slots stacked: ``A`` is ``(N, r, in)``, ``B`` is ``(N, out, r)``. A micro-batch mixes rows of
-  different users; each row carries its slot index, and the layer gathers that row's ``A``/``B`` (a per-row
-  gather, as Punica/S-LoRA's BGMV kernels do) and adds ``scale * x A_s^T B_s^T`` to the frozen base output. The
-  base matmuls run once over the whole batch. When a user finishes, its adapter is saved and the slot is refilled
-  with the next user (continuous batching), so slots never idle while users remain. ``N`` is capped to what fits
-  in half the free memory (:func:`trainers.common.slots_that_fit`; a slot costs a few copies of one LoRA).
+  ``target_modules`` matching, resolved by peft itself) becomes a :class:`~trainers.multi_lora.MultiLoraLinear`
+  holding the LoRA weights of all slots stacked; a micro-batch mixes rows of different users, each routed to its
+  slot's adapter, and the base matmuls run once over the whole batch. When a user finishes, its adapter is saved
+  and the slot is refilled with the next user (continuous batching), so slots never idle while users remain. ``N``
+  is capped to what fits in half the free memory (:func:`trainers.common.slots_that_fit`; a slot costs a few
+  copies of one LoRA).
 * **Losses never mix.** Each user's loss is the mean cross-entropy over *its own* label tokens of the step (what
   ``SFTTrainer`` computes for a batch of that user alone: completion + EOS for prompt/completion rows, every token
   for text rows); the step minimises the *sum* of the users' losses. Since user ``u``'s parameters only touch
   user ``u``'s rows, ``d(sum)/d(params_u) = d(loss_u)/d(params_u)``: gradients never flow between users.
-* **Per-user optimiser.** A vectorised AdamW over the stacked weights, elementwise identical to
-  ``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-8, the Trainer's weight decay 0), with a per-slot step count,
-  per-slot gradient-norm clipping (``max_grad_norm`` 1.0, as the Trainer) and a per-slot linear schedule with the
-  Trainer path's warmup (:func:`trainers.common.lr_factor`: none below 20 steps). A slot whose
-  user has no batch in a step does not step at all.
-* **Same data, same order, same init as alone.** Rows are tokenized as ``SFTTrainer`` does (EOS appended,
-  completion-only labels, ``max_length`` truncation keeping the start, fully masked rows dropped). Each user's
-  batch order comes from its own ``torch.Generator`` seeded with ``config.seed`` (a fresh permutation per epoch),
-  independent of the other users and of timing. ``gradient_accumulation_steps`` G makes each optimizer step one
-  update over G consecutive batches (the loss a token mean over all their rows, as the Trainer's accumulation).
-  Every user starts from the LoRA init ``get_peft_model`` gives after ``set_seed(config.seed)`` -- exactly what
-  :func:`trainers.user.train_job` starts from -- or, for ``--update``, from its saved adapter (fresh AdamW and
-  schedule over the new items, as the Trainer path).
+* **Per-user optimiser.** :class:`trainers.adamw.SlotAdamW` (``torch.optim.AdamW`` per slot, with the Trainer's
+  clipping) and a per-slot linear schedule with the Trainer path's warmup (:func:`trainers.common.lr_factor`: none
+  below 20 steps). A slot whose user has no batch in a step does not step at all.
+* **Same data, same order, same init as alone.** Rows are tokenized and each user's batch order planned as
+  :mod:`trainers.rows` says (as ``SFTTrainer`` prepares rows; a seeded permutation per epoch per user).
+  ``gradient_accumulation_steps`` G makes each optimizer step one update over G consecutive batches (the loss a
+  token mean over all their rows, as the Trainer's accumulation). Every user starts from the LoRA init
+  ``get_peft_model`` gives after ``set_seed(config.seed)`` -- exactly what :func:`trainers.user.train_job` starts
+  from -- or, for ``--update``, from its saved adapter (fresh AdamW and schedule over the new items, as the Trainer
+  path).
 * **"Alone"** means this same loop with ``N = 1`` (:func:`train_lora_users` with ``slots=1``): a concurrent run
   gives each user's adapter equal to that up to float summation order (tested to ``allclose``). Against the
   ``SFTTrainer`` path the math is the same (loss, AdamW, clipping, schedule, init); only the shuffle differs, so
   with one batch per epoch the adapters agree closely (tested), otherwise the loss curves agree statistically.
 * **Checkpoints.** After every epoch but the last, a slot's state (its LoRA weights, AdamW moments, step, loss
-  history; the data plan is a function of the rows and the seed) is written atomically to the user's owner-only
-  ``.{user}.work/slot-checkpoint``, keyed by a hash of the user's rows and plan. A killed run resumes each user
-  from there (a checkpoint of other rows or settings is ignored); the work folder goes once the adapter is saved.
+  history; the data plan is a function of the rows and the seed) is checkpointed into the user's work folder
+  (:mod:`trainers.slot_checkpoint`). A killed run resumes each user from there; the work folder goes once the
+  adapter is saved.
 * **Cheaper than the Trainer path** beyond batching users together: rows of a step are sorted by length and split
-  into micro-batches of at most ``max_batch_tokens`` padded tokens (little padding, bounded memory, gradients
+  into micro-batches of at most ``max_batch_tokens`` padded tokens (:func:`trainers.rows.micro_batches`; gradients
   summed: the same math as one batch); the LM head runs only at positions that carry a label (for LaMP's short
   answers that skips ~1/5 of the model's FLOPs); bf16 autocast where the CPU/GPU has it (fp32 master weights);
   no per-user model, Trainer, accelerator or dataset objects.
@@ -45,8 +41,9 @@ How it works
 Every ``TrainingConfig`` field is honoured as by the Trainer path; ``logging_steps`` has no per-step log to pace
 (the record's ``train_loss`` is the mean over all steps, as the Trainer's). Saved adapters are standard PEFT
 folders (``adapter_config.json`` + ``adapter_model.safetensors`` with peft's key names) plus the record of
-:func:`trainers.user.adapter_record`, written atomically; they load with ``PeftModel.from_pretrained``. Only plain
-LoRA is trained here (IA3 / prompt tuning use the sequential path).
+:func:`trainers.user.adapter_record`, written atomically; they load with ``PeftModel.from_pretrained``. Only the
+PEFT types :data:`trainers.peft_types.PEFT_TYPES` marks ``concurrent`` (plain LoRA) are trained here; the others use
+the sequential path.
 """
 
 from __future__ import annotations
@@ -54,13 +51,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,114 +69,20 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from oppu_hub.io import atomic_dir, private_dir, read_json, recover_dir, write_json
+from oppu_hub.io import atomic_dir, read_json
 
-from .common import (
-    MAX_BATCH_TOKENS,
-    TrainingConfig,
-    bf16_available,
-    lr_factor,
-    max_length,
-    optimizer_steps,
-    slots_that_fit,
-    step_bar,
-)
+from .adamw import SlotAdamW
+from .common import MAX_BATCH_TOKENS, bf16_available, lr_factor, max_length, slots_that_fit, step_bar
+from .multi_lora import MultiLoraLinear, Route, lora_key, lora_matrices, multi_lora, slot_weights
+from .peft_types import PEFT_TYPES, type_name
+from .rows import IGNORE, Row, batch_plan, collate, micro_batches, tokenize_rows
+from .slot_checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .training_config import TrainingConfig
 from .user import UserJob
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100
-MAX_GRAD_NORM = 1.0
-BETAS = (0.9, 0.999)
-EPS = 1e-8
-WEIGHT_DECAY = 0.0
-SLOT_CHECKPOINT = "slot-checkpoint"
 SLOT_COPIES = 8  # fp32 copies of a slot's LoRA in memory: weights, gradients, 2 AdamW moments, step temporaries
-
-
-# ---------------------------------------------------------------------------------------------- the layer
-
-
-class _Route:
-    """Which slot each row of the current micro-batch belongs to (shared by all wrapped layers)."""
-
-    slots: torch.Tensor | None = None
-
-
-class MultiLoraLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus ``N`` LoRA adapters; row ``i`` of the input uses adapter ``route.slots[i]``.
-
-    ``A``: ``(N, r, in)``, ``B``: ``(N, out, r)``; output ``base(x) + scale * (dropout(x) @ A_s^T) @ B_s^T``, the
-    same as peft's ``lora.Linear`` for the adapter of that row.
-    """
-
-    def __init__(self, base: nn.Linear, slots: int, r: int, scale: float, dropout: float, route: _Route) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = scale
-        self.dropout = dropout
-        self.route = route
-        self.A = nn.Parameter(torch.zeros(slots, r, base.in_features))
-        self.B = nn.Parameter(torch.zeros(slots, base.out_features, r))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        slots = self.route.slots
-        if slots is None:
-            return out
-        h = F.dropout(x, self.dropout, self.training) if self.dropout else x
-        a = self.A.index_select(0, slots).to(h.dtype)  # (rows, r, in)
-        b = self.B.index_select(0, slots).to(h.dtype)  # (rows, out, r)
-        delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + (delta * self.scale).to(out.dtype)
-
-
-@dataclass
-class Row:
-    """One tokenized training example: ids and labels (``-100`` where there is no loss)."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-
-def tokenize_rows(rows: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int | None) -> list[Row]:
-    """Tokenize ``{"prompt", "completion"}`` / ``{"text"}`` rows exactly as ``SFTTrainer`` prepares them."""
-    eos = tokenizer.eos_token
-    out = []
-    for row in rows:
-        if "prompt" in row:
-            completion = row["completion"] if row["completion"].endswith(eos) else row["completion"] + eos
-            prompt_ids = tokenizer(row["prompt"])["input_ids"]
-            ids = tokenizer(row["prompt"] + completion)["input_ids"]
-            n = 0
-            for a, b in zip(prompt_ids, ids, strict=False):
-                if a != b:
-                    break
-                n += 1
-            labels = [IGNORE] * n + ids[n:]
-        else:
-            text = row["text"] if row["text"].endswith(eos) else row["text"] + eos
-            ids = tokenizer(text)["input_ids"]
-            labels = list(ids)
-        if max_length is not None:
-            ids, labels = ids[:max_length], labels[:max_length]
-        if any(t != IGNORE for t in labels[1:]):  # no label after the shift: no loss (SFTTrainer drops it too)
-            out.append(Row(list(ids), labels))
-    return out
-
-
-def batch_plan(config: TrainingConfig, n_rows: int) -> list[list[int]]:
-    """The row indices of each optimizer step: a fresh seeded permutation per epoch cut into steps of
-    ``per_device_train_batch_size * gradient_accumulation_steps`` rows, :func:`trainers.common.optimizer_steps`
-    steps in all (as ``Trainer`` counts them)."""
-    size = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    total = optimizer_steps(config, n_rows)
-    gen = torch.Generator().manual_seed(config.seed)
-    plan: list[list[int]] = []
-    while len(plan) < total:
-        perm = torch.randperm(n_rows, generator=gen).tolist()
-        plan += [perm[i:i + size] for i in range(0, n_rows, size)]
-    return plan[:total]
 
 
 # ---------------------------------------------------------------------------------------------- results & slots
@@ -230,7 +131,8 @@ class ConcurrentLoraTrainer:
 
     def __init__(self, config: TrainingConfig, peft_config: Any, model: nn.Module, tokenizer: Any, slots: int,
                  max_batch_tokens: int | None = None) -> None:
-        if getattr(peft_config, "peft_type", None) is None or str(peft_config.peft_type).split(".")[-1] != "LORA":
+        method = PEFT_TYPES.get(type_name(getattr(peft_config, "peft_type", None)))
+        if method is None or not method.concurrent:
             raise ValueError("concurrent training supports LoRA adapters only")
         if getattr(peft_config, "use_rslora", False) or getattr(peft_config, "use_dora", False):
             raise ValueError("concurrent training supports plain LoRA (no rsLoRA/DoRA)")
@@ -243,11 +145,9 @@ class ConcurrentLoraTrainer:
         self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS.get(self.device.type, 2048)
         self.max_length = max_length(config)
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
-        self.route = _Route()
+        self.route = Route()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.trained_tokens = 0
-        self.padded_tokens = 0
 
     # -- model surgery -----------------------------------------------------------------------------------
 
@@ -273,38 +173,13 @@ class ConcurrentLoraTrainer:
             logger.warning("%d users at a time fit in memory, not %d", fit, self.slots)
         self.slots = fit
 
-    @contextlib.contextmanager
-    def _wrapped(self) -> Iterator[None]:
-        cfg = self.peft_config
-        originals: dict[str, nn.Module] = {}
-        try:
-            for name, (a, _b) in self.init.items():
-                parent_name, _, child = name.rpartition(".")
-                parent = self.model.get_submodule(parent_name)
-                base = getattr(parent, child)
-                layer = MultiLoraLinear(base, self.slots, a.shape[0], cfg.lora_alpha / cfg.r, cfg.lora_dropout,
-                                        self.route).to(self.device)
-                originals[name] = base
-                setattr(parent, child, layer)
-                self.layers[name] = layer
-            yield
-        finally:
-            for name, base in originals.items():
-                parent_name, _, child = name.rpartition(".")
-                setattr(self.model.get_submodule(parent_name), child, base)
-            self.layers.clear()
-            self.route.slots = None
-
     # -- slot state ----------------------------------------------------------------------------------------
 
-    def _params(self) -> list[nn.Parameter]:
-        return [p for layer in self.layers.values() for p in (layer.A, layer.B)]
-
     def _slot_tensors(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """``(name, stacked parameter)`` of every LoRA matrix; ``name`` as in a slot checkpoint."""
-        for name, layer in self.layers.items():
-            yield f"{name}.A", layer.A
-            yield f"{name}.B", layer.B
+        """``(name, stacked parameter)`` of every LoRA matrix; ``name`` (``{module}.A`` / ``.B``) as in a slot
+        checkpoint."""
+        for module, part, p in lora_matrices(self.layers):
+            yield f"{module}.{part}", p
 
     def _fill(self, s: int, job: UserJob) -> _Slot:
         """Put ``job`` into slot ``s``: from its checkpoint when one matches, else from its saved adapter
@@ -315,16 +190,13 @@ class ConcurrentLoraTrainer:
         cfg = self.config
         plan = batch_plan(cfg, len(rows))
         per_epoch = math.ceil(len(rows) / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
-        key = hashlib.sha256(json.dumps([job.rows, plan, str(job.init), cfg.learning_rate]).encode()).hexdigest()
-        slot = _Slot(job, rows, plan, per_epoch, key)
+        slot = _Slot(job, rows, plan, per_epoch, checkpoint_key(job.rows, plan, job.init, cfg.learning_rate))
         start = self._adapter_weights(job.init) if job.init is not None else {
             f"{name}.{part}": w for name, (a, b) in self.init.items() for part, w in (("A", a), ("B", b))}
         with torch.no_grad():
             for name, p in self._slot_tensors():
                 p[s].copy_(start[name])
-                self.state[p]["m"][s].zero_()
-                self.state[p]["v"][s].zero_()
-        self.steps[s] = 0
+        self.optimizer.reset(s)
         self._restore(s, slot)
         return slot
 
@@ -333,8 +205,8 @@ class ConcurrentLoraTrainer:
         target modules (the slots of a run share one shape)."""
         saved = load_file(str(folder / "adapter_model.safetensors"))
         saved_config = read_json(folder / "adapter_config.json")
-        weights = {name: saved.get(f"base_model.model.{name[:-2]}.lora_{name[-1]}.weight")
-                   for name, _ in self._slot_tensors()}
+        weights = {f"{module}.{part}": saved.get(lora_key(module, part))
+                   for module, part, _ in lora_matrices(self.layers)}
         cfg = self.peft_config
         same_scale = (saved_config.get("lora_alpha"), saved_config.get("r"), bool(saved_config.get("use_rslora"))) == (
             cfg.lora_alpha, cfg.r, False)
@@ -346,100 +218,45 @@ class ConcurrentLoraTrainer:
         return weights
 
     def _save_checkpoint(self, s: int, slot: _Slot) -> None:
-        """Write slot ``s``'s state to its user's work folder (atomically; owner-only)."""
+        """Write slot ``s``'s state to its user's work folder (:func:`trainers.slot_checkpoint.save_checkpoint`)."""
         tensors = {}
         for name, p in self._slot_tensors():
+            moments = self.optimizer.state[p]
             tensors[name] = p[s]
-            tensors[f"{name}.m"] = self.state[p]["m"][s]
-            tensors[f"{name}.v"] = self.state[p]["v"][s]
-        folder = private_dir(slot.job.work_dir) / SLOT_CHECKPOINT
-        with atomic_dir(folder, overwrite=True, mode=0o700) as tmp:
-            save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp / "slot.safetensors"))
-            write_json(tmp / "slot.json", {"key": slot.key, "step": slot.step, "losses": slot.losses,
-                                           "tokens": slot.tokens})
+            tensors[f"{name}.m"] = moments["m"][s]
+            tensors[f"{name}.v"] = moments["v"][s]
+        save_checkpoint(slot.job.work_dir, tensors,
+                        {"key": slot.key, "step": slot.step, "losses": slot.losses, "tokens": slot.tokens})
 
     def _restore(self, s: int, slot: _Slot) -> None:
         """Load slot ``s``'s state from its user's checkpoint, if one was written for these rows and plan."""
-        folder = slot.job.work_dir / SLOT_CHECKPOINT
-        recover_dir(folder)
-        if not (folder / "slot.json").is_file():
+        checkpoint = load_checkpoint(slot.job.work_dir, slot.key)
+        if checkpoint is None:
             return
-        meta = read_json(folder / "slot.json")
-        if meta.get("key") != slot.key:
-            return
-        tensors = load_file(str(folder / "slot.safetensors"))
+        tensors, progress = checkpoint
         with torch.no_grad():
             for name, p in self._slot_tensors():
+                moments = self.optimizer.state[p]
                 p[s].copy_(tensors[name])
-                self.state[p]["m"][s].copy_(tensors[f"{name}.m"])
-                self.state[p]["v"][s].copy_(tensors[f"{name}.v"])
-        slot.step = slot.resumed_at = int(meta["step"])
-        slot.losses, slot.tokens = list(meta["losses"]), int(meta["tokens"])
-        self.steps[s] = slot.step
-
-    @torch.no_grad()
-    def _optimizer_step(self, active: torch.Tensor, lrs: torch.Tensor) -> None:
-        """AdamW (as ``torch.optim.AdamW``) with per-slot clipping, step count and learning rate; only ``active``
-        slots change."""
-        params = self._params()
-        active, lrs = active.to(self.device), lrs.to(self.device)  # built on the host by the loop
-        sq = torch.zeros(self.slots, dtype=torch.float64, device=self.device)
-        for p in params:
-            if p.grad is not None:
-                sq += p.grad.double().pow(2).flatten(1).sum(1)
-        clip = (MAX_GRAD_NORM / (sq.sqrt() + 1e-6)).clamp(max=1.0).float()
-        self.steps += active.long()
-        t = self.steps.clamp(min=1).double()
-        bc1 = (1 - BETAS[0] ** t).float()
-        bc2_sqrt = (1 - BETAS[1] ** t).sqrt().float()
-        step_size = (lrs / bc1) * active.float()
-        for p in params:
-            if p.grad is None:
-                continue
-            view = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad * clip.view(view)
-            state = self.state[p]
-            keep = active.view(view)
-            m_new = state["m"] * BETAS[0] + g * (1 - BETAS[0])
-            v_new = state["v"] * BETAS[1] + g * g * (1 - BETAS[1])
-            state["m"] = torch.where(keep, m_new, state["m"])
-            state["v"] = torch.where(keep, v_new, state["v"])
-            if WEIGHT_DECAY:
-                p.mul_(1 - (lrs * WEIGHT_DECAY * active.float()).view(view))
-            denom = state["v"].sqrt() / bc2_sqrt.view(view) + EPS
-            p.sub_(step_size.view(view) * state["m"] / denom)
-            p.grad = None
+                moments["m"][s].copy_(tensors[f"{name}.m"])
+                moments["v"][s].copy_(tensors[f"{name}.v"])
+        slot.step = slot.resumed_at = int(progress["step"])
+        slot.losses, slot.tokens = list(progress["losses"]), int(progress["tokens"])
+        self.optimizer.steps[s] = slot.step
 
     # -- training ------------------------------------------------------------------------------------------
 
-    def _forward_backward(self, batch: list[tuple[int, Row, float]]) -> tuple[torch.Tensor, int]:
+    def _forward_backward(self, batch: list[tuple[int, Row, float]]) -> torch.Tensor:
         """One step's rows ``(slot, row, weight)``: micro-batches of similar length; per-slot summed losses."""
         loss_sums = torch.zeros(self.slots, device=self.device)
         decoder = getattr(self.model, self.model.base_model_prefix)
         head = self.model.get_output_embeddings()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i][1].input_ids))
-        micro: list[list[int]] = [[]]
-        for i in order:
-            length = len(batch[i][1].input_ids)
-            if micro[-1] and length * (len(micro[-1]) + 1) > self.max_batch_tokens:
-                micro.append([])
-            micro[-1].append(i)
-        tokens = 0
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        for idx in micro:
+        for idx in micro_batches([r for _, r, _ in batch], self.max_batch_tokens):
             rows = [batch[i] for i in idx]
             with record_function("oppu.collate"):
-                width = max(len(r.input_ids) for _, r, _ in rows)
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, (_, r, _) in enumerate(rows):
-                    ids[j, :len(r.input_ids)] = torch.tensor(r.input_ids)
-                    labels[j, :len(r.labels)] = torch.tensor(r.labels)
-                    mask[j, :len(r.input_ids)] = 1
-            tokens += int(mask.sum())
-            self.padded_tokens += ids.numel()
+                ids, labels, mask = collate([r for _, r, _ in rows], pad)
             row_slots = torch.tensor([s for s, _, _ in rows])  # host copy: indexes host tensors below
             weights = torch.tensor([w for _, _, w in rows])
             slots = row_slots.to(self.device)
@@ -457,7 +274,7 @@ class ConcurrentLoraTrainer:
                 (nll * tok_weight).sum().backward()
             loss_sums.index_add_(0, row_slots[row_of].to(self.device), nll.detach().float())
         self.route.slots = None
-        return loss_sums, tokens
+        return loss_sums
 
     def run(self, jobs: Iterable[UserJob], on_result: Callable[[UserResult], None]) -> None:
         """Train every job; ``on_result`` gets each user's result as soon as it finishes (its adapter saved) or
@@ -470,10 +287,11 @@ class ConcurrentLoraTrainer:
             for p in self.model.parameters():
                 p.requires_grad_(False)
             self.model.train()
-            with self._wrapped():
-                params = self._params()
-                self.state = {p: {"m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in params}
-                self.steps = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+            cfg = self.peft_config
+            ranks = {name: a.shape[0] for name, (a, _b) in self.init.items()}
+            with multi_lora(self.model, ranks, self.slots, cfg.lora_alpha / cfg.r, cfg.lora_dropout, self.route,
+                            self.device) as self.layers:
+                self.optimizer = SlotAdamW([p for _, p in self._slot_tensors()], self.slots, self.device)
                 with contextlib.closing(step_bar()) as bar:
                     self._loop(iter(jobs), on_result, bar)
         finally:
@@ -512,19 +330,17 @@ class ConcurrentLoraTrainer:
                 lrs[s] = cfg.learning_rate * lr_factor(slot.step, len(slot.plan))
                 active[s] = True
             try:
-                loss_sums, tokens = self._forward_backward(batch)
+                loss_sums = self._forward_backward(batch)
                 with record_function("oppu.optimizer"):
-                    self._optimizer_step(active, lrs)
+                    self.optimizer.step(active, lrs)
                 loss_sums = loss_sums.cpu()  # the step's one device-to-host copy
             except Exception as e:  # noqa: BLE001 - a failing step fails the users in it, not the run
-                for p in self._params():
-                    p.grad = None
+                self.optimizer.zero_grad()
                 for s in live:
                     _drop_remaining(bar, slots[s])
                     on_result(slots[s].result(e))
                     slots[s] = None
                 continue
-            self.trained_tokens += tokens
             bar.update(len(live))
             for s in live:
                 slot = slots[s]
@@ -553,11 +369,7 @@ class ConcurrentLoraTrainer:
 
     def adapter_state(self, s: int) -> dict[str, torch.Tensor]:
         """Slot ``s``'s LoRA weights under the key names peft saves (``base_model.model.{module}.lora_A.weight``)."""
-        state = {}
-        for name, layer in self.layers.items():
-            state[f"base_model.model.{name}.lora_A.weight"] = layer.A[s].detach().to("cpu", copy=True).contiguous()
-            state[f"base_model.model.{name}.lora_B.weight"] = layer.B[s].detach().to("cpu", copy=True).contiguous()
-        return state
+        return slot_weights(self.layers, s)
 
     def _save(self, s: int, slot: _Slot) -> None:
         job = slot.job

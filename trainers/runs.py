@@ -39,11 +39,14 @@ from oppu_hub.io import FileLock, folder_in_use, private_dir, read_json, recover
 from oppu_hub.models import BaseModelConfig, load_base, model_fingerprint
 from oppu_hub.profiles import ProfileStore
 from oppu_hub.prompts import PromptBuilder
+from oppu_hub.store import open_store, push_adapter
 
 from .base import check_base_record
 from .common import MAX_AUTO_SLOTS, auto_slots, check_training, set_threads
 from .concurrent import ConcurrentLoraTrainer, UserResult
-from .user import UserAdapterConfig, UserJob, plan_job, train_job
+from .peft_types import PEFT_TYPES
+from .user import UserJob, plan_job, train_job
+from .user_config import UserAdapterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -298,9 +301,11 @@ class ConcurrentExecutor(LocalExecutor):
 
 
 def local_executor(config: UserAdapterConfig) -> LocalExecutor:
-    """The executor ``config.concurrent`` asks for: LoRA users together (0: as many as fit, at most
-    :func:`~trainers.common.auto_slots`; N: N at a time), one by one for ``1`` and for other PEFT types."""
-    if config.peft_type == "LORA" and config.concurrent != 1:
+    """The executor ``config.concurrent`` asks for: users of a PEFT type that trains concurrently (LoRA;
+    :data:`~trainers.peft_types.PEFT_TYPES`) together (0: as many as fit, at most :func:`~trainers.common.auto_slots`;
+    N: N at a time), one by one for ``1`` and for other PEFT types."""
+    method = PEFT_TYPES.get(config.peft_type)  # an unknown type fails each user (PeftOptions.peft_config)
+    if method is not None and method.concurrent and config.concurrent != 1:
         return ConcurrentExecutor(config.concurrent or auto_slots())
     return SequentialExecutor()
 
@@ -317,8 +322,6 @@ def check_config(config: UserAdapterConfig) -> None:
         raise ValueError(f"concurrent must be 0 (auto), 1 (one by one) or more, not {config.concurrent}")
     check_base_record(config.base_dir, config.task, k=config.k, profile=config.profile)
     if config.push_to_hub:
-        from oppu_hub.store import open_store
-
         open_store(config.hub_store).check_naming()
 
 
@@ -375,7 +378,5 @@ def train_users(config: UserAdapterConfig, on_done: Callable[[str, Path], None] 
 
 
 def _pusher(spec: str | None) -> Callable[[str, Path], None]:
-    from oppu_hub.store import open_store, push_adapter
-
     store = open_store(spec)
     return lambda user_id, folder: push_adapter(folder, store)

@@ -6,15 +6,18 @@ import argparse
 import contextlib
 from typing import Any
 
+from trainers.base_config import BaseTaskConfig
+from trainers.user_config import UserAdapterConfig
+
+from ..data import load_task_split
+from ..distributed import RayExecutor, RayOptions
+from ..profiles import ProfileConfig, generate_profiles
+from ..tasks import UnknownTaskError, get_task
+from ..tuned import user_settings
 from . import add_command, config_from_args
 
 
 def register(subparsers: Any) -> None:
-    from trainers import BaseTaskConfig, UserAdapterConfig
-
-    from ..distributed import RayOptions
-    from ..profiles import ProfileConfig
-
     add_command(subparsers, "train-base", _train_base,
                 "task-adapt the base model on the training users (LoRA, merged into a model folder)", BaseTaskConfig)
     users = add_command(subparsers, "train-users", _train_users,
@@ -29,9 +32,6 @@ def register(subparsers: Any) -> None:
 def follow_task_defaults(parser: argparse.ArgumentParser, default_task: str) -> None:
     """Make ``parser``'s user-adapter defaults (and so its ``--help``) those :func:`oppu_hub.tuned.user_settings`
     resolves for the ``--task`` (and ``--lora_r``) on the command line, before the flags given are parsed."""
-    from ..tasks import UnknownTaskError, get_task
-    from ..tuned import user_settings
-
     parse_known_args = parser.parse_known_args
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--task", default=default_task)
@@ -47,7 +47,7 @@ def follow_task_defaults(parser: argparse.ArgumentParser, default_task: str) -> 
 
 
 def _train_base(args: argparse.Namespace) -> int:
-    from trainers import BaseTaskConfig, train_base
+    from trainers.base import train_base  # at run time: registering the commands needs only the configs, not trl
 
     folder = train_base(config_from_args(BaseTaskConfig, args))
     print(f"task-adapted base: {folder}")
@@ -55,9 +55,7 @@ def _train_base(args: argparse.Namespace) -> int:
 
 
 def _train_users(args: argparse.Namespace) -> int:
-    from trainers import UserAdapterConfig, train_users
-
-    from ..distributed import RayExecutor, RayOptions
+    from trainers.runs import train_users  # at run time: registering the commands needs only the configs, not trl
 
     config = config_from_args(UserAdapterConfig, args)
     ray_options = config_from_args(RayOptions, args)
@@ -72,9 +70,6 @@ def _train_users(args: argparse.Namespace) -> int:
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from ..data import load_task_split
-    from ..profiles import ProfileConfig, generate_profiles
-
     config = config_from_args(ProfileConfig, args)
     users = []
     for split_name in config.splits:

@@ -18,11 +18,16 @@ family         what it is                                            base / adap
 ``oppu-cd``    ``oppu`` with contrastive personal decoding           same as ``oppu``
 ``prior-np``   the base's label scores + the user's label prior      base with k
 ``oppu-prior`` ``oppu``'s label scores + the user's label prior      same as ``oppu``
+``two-stage``  collective then personal: ``oppu``'s adapters on a    base with k + a LoRA on the training
+               base that also learnt every *training* user's         users' histories, merged; adapters
+               history; ``two-stage-pooled``: that stage on the      trained as ``oppu-kN``'s on it
+               evaluated users' histories (the pooled control's)
 =============  ====================================================  =====================================
 
-The last three decode with :class:`~oppu_hub.decoding_config.DecodingOptions` (``contrast_alpha``,
-``prior_weight``); ``--answers labels`` scores the labels of classification and rating tasks for every method
-instead of generating (the prior methods always do; they have no row on generation tasks).
+``oppu-cd``, ``prior-np`` and ``oppu-prior`` decode with :class:`~oppu_hub.decoding_config.DecodingOptions`
+(``contrast_alpha``, ``prior_weight``); ``--answers labels`` scores the labels of classification and rating tasks
+for every method instead of generating (the prior methods always do; they have no row on generation tasks). The
+two-stage methods' collective stage: :mod:`trainers.collective`.
 """
 
 from __future__ import annotations
@@ -48,15 +53,18 @@ FAMILIES = {
     "oppu-cd": "RAG+OPPU",
     "prior-np": "Non-Personalized",
     "oppu-prior": "RAG+OPPU",
+    "two-stage": "Two-stage",
+    "two-stage-pooled": "Two-stage",
 }
-GROUP_ORDER = ("Baselines", "Non-Personalized", "RAG", "PAG", "Pooled", "RAG+OPPU", "PAG+OPPU")
+GROUP_ORDER = ("Baselines", "Non-Personalized", "RAG", "PAG", "Pooled", "RAG+OPPU", "PAG+OPPU", "Two-stage")
 TABLE2_METHODS = ("np-k0", "random-k1", "rag-k1", "rag-k2", "rag-k4", "pag-k0", "pag-k1",
                   "oppu-k0", "oppu-k1", "oppu-k2", "oppu-k4", "pag-oppu-k0", "pag-oppu-k1")
 DEFAULT_METHODS = (*BASELINES, *TABLE2_METHODS, "pooled-k0", "pooled-k1")
 SMALL_METHODS = ("np-k0", "random-k1", "rag-k1", "oppu-k0", "oppu-k1")
-_METHOD = re.compile(r"(pag-oppu|pag|pooled|oppu-cd|oppu-prior|oppu|prior-np|np|random|rag)-k(\d+)|("
+_METHOD = re.compile(r"(pag-oppu|pag|pooled|oppu-cd|oppu-prior|oppu|prior-np|np|random|rag|two-stage-pooled|two-stage)"
+                     r"-k(\d+)|("
                      + "|".join(map(re.escape, BASELINES)) + ")")
-_VARIANTS = ("oppu-cd", "oppu-prior", "prior-np")  # after their plain family in a column group
+_VARIANTS = ("oppu-cd", "oppu-prior", "prior-np", "two-stage-pooled")  # after their plain family in a column group
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,8 @@ class Method:
     def label(self) -> str:
         if self.baseline:
             return self.family
-        variant = {"random": "random ", "oppu-cd": "CD ", "oppu-prior": "prior ", "prior-np": "prior "}
+        variant = {"random": "random ", "oppu-cd": "CD ", "oppu-prior": "prior ", "prior-np": "prior ",
+                   "two-stage-pooled": "pooled "}
         return f"{variant.get(self.family, '')}k={self.k}"
 
     @property
@@ -99,7 +108,13 @@ class Method:
     @property
     def oppu(self) -> bool:
         """Predicts with the evaluated users' own adapters."""
-        return self.family in ("oppu", "pag-oppu", "oppu-cd", "oppu-prior")
+        return self.family in ("oppu", "pag-oppu", "oppu-cd", "oppu-prior", "two-stage", "two-stage-pooled")
+
+    @property
+    def collective(self) -> str | None:
+        """Whose histories the collective stage under its adapters trained on (two-stage methods:
+        :class:`trainers.collective_config.CollectiveConfig` ``users``): ``train``, ``pooled``, else ``None``."""
+        return {"two-stage": "train", "two-stage-pooled": "pooled"}.get(self.family)
 
     @property
     def contrastive(self) -> bool:

@@ -1,8 +1,9 @@
 """The eval pipeline for one task (:class:`Pipeline`): plans and, where missing, trains the task-adapted bases, the
-users' adapters and the pooled adapter a method needs, then predicts and scores the methods
-(:mod:`oppu_hub.methods`) on the evaluated users.
+users' adapters, the pooled adapter and the collective bases (two-stage methods) a method needs, then predicts and
+scores the methods (:mod:`oppu_hub.methods`) on the evaluated users.
 
-Trained artifacts are content-addressed: a base lives in ``{workdir}/base/{hash}/{task}/{variant}`` and adapters in
+Trained artifacts are content-addressed: a base lives in ``{workdir}/base/{hash}/{task}/{variant}`` (a two-stage
+method's collective base in ``.../{variant}-collective-{train|pooled}``) and adapters in
 ``{workdir}/users/{hash}/{task}/...``, where the hash (:func:`config_hash` of :func:`hashable` fields) covers the
 training configuration and the training data, so a second run with the same settings trains nothing and a changed
 setting never reuses a stale model. Predictions are written in LaMP's official format (with a matching
@@ -22,7 +23,10 @@ from typing import Any, TypeVar
 
 from trainers.base import BASE_RECORD, train_base
 from trainers.base_config import BaseTaskConfig
+from trainers.collective import train_collective
+from trainers.collective_config import CollectiveConfig, CollectiveSource
 from trainers.runs import train_users
+from trainers.training_config import PeftOptions, TrainingConfig
 from trainers.user_config import UserAdapterConfig
 
 from . import protocol
@@ -241,6 +245,63 @@ class Pipeline:
         histories together, on the same base as ``oppu-k{k}``'s adapters."""
         return self._train_adapters(*self.pooled_config(k, peft_type, history_format)) / safe_name(POOLED_USER)
 
+    # --- two-stage: collective then personal ---------------------------------------------------------------
+    def collective_config(self, k: int, source: CollectiveSource, history_format: str = "full"
+                          ) -> tuple[CollectiveConfig, dict[str, Any]]:
+        """The config of the collective base of ``two-stage-k{k}`` (``source`` ``train``: every training user of
+        the data view, at most ``--base.max_examples`` examples, items that are evaluated queries left out) or
+        ``two-stage-pooled-k{k}`` (``pooled``: the evaluated users' histories, all of them, as the pooled adapter),
+        on the base of :meth:`base_config` with the settings of ``oppu-k{k}``'s adapters (as a LoRA), and the dict
+        whose hash names its folder (``output_dir``: ``{workdir}/base/{hash}``): the config, the task-adapted
+        base's hash, the data and the history filter. Nothing is trained."""
+        c = self.config
+        base, _ = self.base_config(k)
+        user = dataclasses.replace(c.user, **self.tuned_settings())
+        shared = {f.name: getattr(user, f.name) for f in (*dataclasses.fields(TrainingConfig),
+                                                           *dataclasses.fields(PeftOptions))}
+        pooled = source == "pooled"
+        cfg = CollectiveConfig(**{**shared, "task": self.task.name, "data_dir": str(self.data_view()), "k": k,
+                                  "profile": False, "profiles_dir": str(self.profiles_dir()), "peft_type": "LORA"},
+                               base_dir=str(base.target_dir()), users=source, split=c.split,
+                               user_ids=self.users() if pooled else None, max_history=c.user.max_history,
+                               history_format=history_format, max_examples=None if pooled else c.base.max_examples)
+        view = self.data_view() / self.task.name
+        data = {"eval_data": file_hash(*self.source_files(c.split))}
+        if not pooled:
+            data["train_data"] = file_hash(view / "train_questions.json", view / "train_outputs.json")
+        hashed = {**hashable(cfg), "users": source, "base": Path(base.output_dir).name, "history": self.history_tag,
+                  **data}
+        return dataclasses.replace(cfg, output_dir=str(self.work / "base" / config_hash(hashed))), hashed
+
+    def collective_dir(self, k: int, source: CollectiveSource, history_format: str = "full") -> Path:
+        """The collective base of :meth:`collective_config`, trained (after its task-adapted base) unless it
+        exists."""
+        cfg, hashed = self.collective_config(k, source, history_format)
+        target = cfg.target_dir()
+        if not (target / BASE_RECORD).exists():
+            self.base_dir(k)
+            logger.info("training collective base %s", target)
+            write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
+            train_collective(cfg)
+            if self.on_train:
+                self.on_train("base", target)
+        return target
+
+    def two_stage_config(self, k: int, source: CollectiveSource, peft_type: str | None = None,
+                         history_format: str = "full") -> tuple[UserAdapterConfig, dict[str, Any]]:
+        """:meth:`_user_config` of the evaluated users' adapters of ``two-stage[-pooled]-k{k}``: ``oppu-k{k}``'s,
+        on the collective base of :meth:`collective_config`. Nothing is trained."""
+        c = self.config
+        base = self.collective_config(k, source, history_format)[0].target_dir()
+        return self._user_config(k, False, peft_type, history_format, self.data_view(), self.users(),
+                                 c.user.max_history, {"eval_data": file_hash(*self.source_files(c.split))}, base)
+
+    def two_stage_adapters(self, k: int, source: CollectiveSource, peft_type: str | None = None,
+                           history_format: str = "full") -> Path:
+        """The adapters of :meth:`two_stage_config`, on their collective base (trained first when missing)."""
+        return self._train_adapters(*self.two_stage_config(k, source, peft_type, history_format),
+                                    base=lambda: self.collective_dir(k, source, history_format))
+
     def artifacts(self, method: str | Method, peft_type: str | None = None, history_format: str = "full"
                   ) -> tuple[Path | None, Path | None]:
         """The folders of the base and the adapters (per-user folder, or the pooled adapter) that ``method``
@@ -252,28 +313,33 @@ class Pipeline:
         base = self.base_config(m.k, m.profile)[0].target_dir()
         if m.pooled:
             return base, self.pooled_config(m.k, peft_type, history_format)[0].adapters_dir() / safe_name(POOLED_USER)
+        if m.collective:
+            cfg = self.two_stage_config(m.k, m.collective, peft_type, history_format)[0]
+            return Path(cfg.base_dir), cfg.adapters_dir()
         if m.oppu:
             return base, self.adapters_config(m.k, m.profile, peft_type, history_format)[0].adapters_dir()
         return base, None
 
     def _user_config(self, k: int, profile: bool, peft_type: str | None, history_format: str, data_dir: Path,
-                     users: list[str], max_history: int | None, data: dict[str, str]
+                     users: list[str], max_history: int | None, data: dict[str, str], base: Path | None = None
                      ) -> tuple[UserAdapterConfig, dict[str, Any]]:
-        """The config of the adapters of ``users`` of ``data_dir``'s evaluated split on the base of
-        :meth:`base_config`, and the dict whose hash names their folder (``output_dir``: ``{workdir}/users/{hash}``):
-        the config without its execution details, the base's hash, the history filter and ``data`` (what identifies
-        the training data)."""
+        """The config of the adapters of ``users`` of ``data_dir``'s evaluated split on ``base`` (default: the
+        base of :meth:`base_config`), and the dict whose hash names their folder (``output_dir``:
+        ``{workdir}/users/{hash}``): the config without its execution details, the base's hash, the history filter
+        and ``data`` (what identifies the training data)."""
         c = self.config
-        base = self.base_config(k, profile)[0].target_dir()
+        base = base or self.base_config(k, profile)[0].target_dir()
         cfg = self._fill(c.user, k, profile, data_dir=str(data_dir), base_dir=str(base), split=c.split, users=users,
                          max_history=max_history, peft_type=peft_type or c.user.peft_type,
                          history_format=history_format, **self.tuned_settings())
         hashed = {**hashable(cfg), "base": base.parent.parent.name, "history": self.history_tag, **data}
         return dataclasses.replace(cfg, output_dir=str(self.work / "users" / config_hash(hashed))), hashed
 
-    def _train_adapters(self, cfg: UserAdapterConfig, hashed: dict[str, Any]) -> Path:
-        """Train the missing adapters of ``cfg`` (its base first, when missing) and return their folder."""
-        self.base_dir(cfg.k, cfg.profile)
+    def _train_adapters(self, cfg: UserAdapterConfig, hashed: dict[str, Any],
+                        base: Callable[[], Path] | None = None) -> Path:
+        """Train the missing adapters of ``cfg`` (its base first, when missing: ``base()``, default
+        :meth:`base_dir`) and return their folder."""
+        (base or (lambda: self.base_dir(cfg.k, cfg.profile)))()
         out = cfg.adapters_dir()
         if all(is_complete(out / safe_name(u)) for u in cfg.users):
             return out
@@ -303,9 +369,13 @@ class Pipeline:
         for m in methods:
             if m.baseline or (m.prior and not self.task.labels):  # prior methods score labels: none to score
                 continue
-            base = self.base_dir(m.k, m.profile)
-            adapters = (self.pooled_adapter(m.k, peft_type, history_format) if m.pooled else
-                        self.adapters_dir(m.k, m.profile, peft_type, history_format) if m.oppu else None)
+            if m.collective:
+                adapters = self.two_stage_adapters(m.k, m.collective, peft_type, history_format)
+                base = self.collective_dir(m.k, m.collective, history_format)
+            else:
+                base = self.base_dir(m.k, m.profile)
+                adapters = (self.pooled_adapter(m.k, peft_type, history_format) if m.pooled else
+                            self.adapters_dir(m.k, m.profile, peft_type, history_format) if m.oppu else None)
             plan.append((m, base, adapters))
         users = self.users()
         split = self.eval_split()

@@ -1,4 +1,4 @@
-"""``oppu-hub train-base``, ``oppu-hub train-users`` and ``oppu-hub profiles``."""
+"""``oppu-hub train-base``, ``oppu-hub train-users``, ``oppu-hub train-collective`` and ``oppu-hub profiles``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 from typing import Any
 
 from trainers.base_config import BaseTaskConfig
+from trainers.collective_config import CollectiveConfig
 from trainers.user_config import UserAdapterConfig
 
 from ..data import load_task_split
@@ -25,6 +26,15 @@ def register(subparsers: Any) -> None:
                         "learning rate, epochs, target modules, rank and alpha default to --task's dev-tuned values",
                         UserAdapterConfig, RayOptions)
     follow_task_defaults(users, UserAdapterConfig.task)
+    collective = add_command(
+        subparsers, "train-collective", _train_collective,
+        "two-stage personalization, stage A: a LoRA on many users' history items (the examples user adapters train "
+        "on) over a task-adapted base, merged into a new base for train-users (stage B). --users train (default): "
+        "every training user's history, minus items that are --split queries; no evaluated user's data. --users "
+        "pooled: the --split users' histories (the pooled control's data; their items shape a model every user "
+        "shares). Learning rate, epochs, target modules, rank and alpha default to --task's dev-tuned user-adapter "
+        "values; at most --max_examples (3000) examples", CollectiveConfig)
+    follow_task_defaults(collective, CollectiveConfig.task)
     add_command(subparsers, "profiles", _profiles,
                 "write each user's textual profile with an instruction-following LM (cached)", ProfileConfig)
 
@@ -67,6 +77,14 @@ def _train_users(args: argparse.Namespace) -> int:
     for user, error in report.failed.items():
         print(f"  failed {user}: {error}")
     return 1 if report.failed else 0
+
+
+def _train_collective(args: argparse.Namespace) -> int:
+    from trainers.collective import train_collective  # at run time, as train_base
+
+    folder = train_collective(config_from_args(CollectiveConfig, args))
+    print(f"collective base: {folder} (train-users --base_dir {folder} trains the personal stage on it)")
+    return 0
 
 
 def _profiles(args: argparse.Namespace) -> int:

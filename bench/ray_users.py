@@ -25,7 +25,8 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from oppu_hub.data import LampSplit, Question, write_split
-from oppu_hub.distributed import RayOptions, train_users_on_ray
+from oppu_hub.distributed import train_users_on_ray
+from oppu_hub.distributed_config import RayOptions
 from oppu_hub.models import ensure_default_base
 from oppu_hub.tasks import NEWS_CATEGORIES, get_task
 from trainers import UserAdapterConfig, train_users

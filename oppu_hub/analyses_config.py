@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.peft_types import PEFT_TYPES
+
 from .pipeline_config import PipelineConfig
 
 
@@ -61,7 +63,7 @@ class PeftTypeConfig(AnalysisConfig):
     """OPPU (k=0) with LoRA, IA3 and prompt tuning adapters; IA3 and prompt tuning get their own learning rates
     (they need larger ones than LoRA)."""
 
-    peft_types: list[str] = field(default_factory=lambda: ["LORA", "IA3", "PROMPT_TUNING"],
+    peft_types: list[str] = field(default_factory=lambda: list(PEFT_TYPES),
                                   metadata={"help": "PEFT types compared"})
     ia3_lr: float = field(default=1e-2, metadata={"help": "IA3 learning rate"})
     prompt_tuning_lr: float = field(default=1e-2, metadata={"help": "prompt tuning learning rate"})

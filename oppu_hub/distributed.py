@@ -13,8 +13,8 @@ A worker that dies mid-user (process killed, node lost) leaves no partial adapte
 the head of the queue for the next free actor (up to ``max_retries`` times, then it is recorded as failed in
 ``run.json``) and replaces the dead actor with a fresh one that Ray places wherever resources are free.
 
-Ray is imported only here and only when ``--ray`` is given (``pip install 'oppu-hub[ray]'``). Torch, trl and the
-trainers load only in the functions that use them: command registration imports :class:`RayOptions` from here.
+Ray is imported only here and only when ``--ray`` is given (``pip install 'oppu-hub[ray]'``). The options are in
+:mod:`oppu_hub.distributed_config` (torch-free, for command registration); this module loads torch and the trainers.
 """
 
 from __future__ import annotations
@@ -29,12 +29,20 @@ import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import datasets
+import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from trainers.runs import Outcome, Workspace, local_executor, train_users
 
 from .data import LampSplit, load_task_split
+from .distributed_config import RayOptions
+from .inference import Generator, adapter_folders, predict
+from .models import BaseModelConfig, load_base
 
 if TYPE_CHECKING:
     from trainers.runs import Emit, UserRunReport
@@ -45,42 +53,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RayOptions:
-    """Running a command on a Ray cluster (``--ray``).
-
-    Args:
-        ray: run on Ray. ``--ray`` alone joins the cluster in ``$RAY_ADDRESS`` or the latest one started on this
-            machine (``ray start --head``), else starts a local one; ``--ray HOST:PORT`` joins that cluster,
-            ``--ray auto`` requires an existing one, ``--ray local`` always starts a fresh local one.
-        num_workers: actors (each with its own copy of the base); default: as many as the cluster's CPUs/GPUs fit.
-        cpus_per_worker: CPUs each actor reserves (also its torch threads).
-        gpus_per_worker: GPUs each actor reserves (fractions share a GPU); default 1 when the cluster has GPUs,
-            else 0.
-        max_retries: how often a user is retried after its worker died (and how often a dead actor is replaced).
-    """
-
-    ray: str | None = field(default=None, metadata={
-        "nargs": "?", "const": "", "help": "run on Ray: --ray (local or $RAY_ADDRESS) or --ray HOST:PORT"})
-    num_workers: int | None = field(default=None, metadata={"help": "Ray actors (default: what the cluster fits)"})
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs per Ray actor (its torch threads too)"})
-    gpus_per_worker: float | None = field(default=None, metadata={
-        "help": "GPUs per Ray actor (default: 1 when the cluster has GPUs, else 0)"})
-    max_retries: int = field(default=2, metadata={"help": "retries of a user whose Ray worker died"})
-
-    @property
-    def enabled(self) -> bool:
-        return self.ray is not None
-
-
 # ---------------------------------------------------------------------------------------------------- workers
 
 
 def _quiet_worker(threads: int) -> None:
-    import datasets  # in the worker only, as every heavy import here (see the module doc)
-    import torch
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -98,8 +74,6 @@ class UserTrainWorker:
         self.init_error: str | None = None
         try:
             _quiet_worker(threads)
-            from trainers.runs import Workspace, local_executor  # in the worker only (see the module doc)
-
             self.workspace = Workspace.load(config)
             self.executor = local_executor(config)
         except Exception as e:  # reported by ready(): the driver drops this worker
@@ -125,9 +99,6 @@ class PredictWorker:
         self.init_error: str | None = None
         try:
             _quiet_worker(threads)
-            from .inference import Generator  # in the worker only (see the module doc)
-            from .models import BaseModelConfig, load_base
-
             self.generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
         except Exception as e:
             self.init_error = f"{type(e).__name__}: {e}"
@@ -136,8 +107,6 @@ class PredictWorker:
         return self.init_error
 
     def run(self, users: list[str]) -> dict[str, Any]:
-        from .inference import predict  # in the worker only (see the module doc)
-
         start = time.perf_counter()
         try:
             if self.init_error:
@@ -292,8 +261,6 @@ class RayExecutor:
     options: RayOptions
 
     def run(self, config: UserAdapterConfig, split: LampSplit, users: Sequence[str], emit: Emit) -> None:
-        from trainers.runs import Outcome  # when a command runs (see the module doc)
-
         with ray_session(self.options) as ray:
             workers, gpus = worker_count(ray, self.options, len(users))
             logger.info("train-users on %d Ray workers", workers)
@@ -306,16 +273,12 @@ class RayExecutor:
 
 def train_users_on_ray(config: UserAdapterConfig, options: RayOptions) -> UserRunReport:
     """:func:`trainers.runs.train_users` on a Ray cluster: same adapters, same ``run.json`` and report."""
-    from trainers.runs import train_users  # when a command runs (see the module doc)
-
     return train_users(config, executor=RayExecutor(options))
 
 
 def predict_on_ray(config: PredictConfig, options: RayOptions) -> dict[str, str]:
     """:func:`oppu_hub.inference.predict` on a Ray cluster, groups of users per actor: the same
     ``{question id: answer}``."""
-    from .inference import adapter_folders  # when a command runs (see the module doc)
-
     split = load_task_split(config.data_dir, config.task, config.split)
     users = split.select_users(config.users, config.max_users)
     if config.adapters_dir:

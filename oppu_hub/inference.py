@@ -17,6 +17,8 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+from trainers.peft_types import peft_method
+
 from .adapters import (
     AdapterNotFoundError,
     AdapterRecord,
@@ -135,7 +137,7 @@ class Generator:
                 warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
                 self.model.delete_adapter(name)
             return
-        if self._peft_type != "PROMPT_TUNING":  # remove the injected layers; prompt tuning injects none
+        if not peft_method(self._peft_type).prompt_learning:  # unload the injected layers (prompt tuning has none)
             self.model.unload()
         self.model, self._peft_type = self.base, None
 
@@ -158,7 +160,7 @@ class Generator:
                              logits_processor=LogitsProcessorList([processor]))
             return both[:len(rows)]
 
-        if contrast is not None and self._peft_type not in (None, "LORA"):
+        if contrast is not None and self._peft_type is not None and not peft_method(self._peft_type).mixed_batches:
             raise ValueError("contrastive decoding mixes adapter and base rows in one batch: LoRA adapters only")
         return self._batched(prompts, adapters, batch_size, run)
 
@@ -188,7 +190,7 @@ class Generator:
     def _by_adapter(self, prompts: list[str], adapters: list[str | None],
                     run: Callable[[list[str], list[str] | None], list[Any]]) -> list[Any]:
         """One mixed batch for LoRA (peft's ``adapter_names``); other PEFT types one adapter group at a time."""
-        if self.model is self.base or self._peft_type == "LORA":
+        if self.model is self.base or peft_method(self._peft_type).mixed_batches:
             return run(prompts, None if self.model is self.base else [a or BASE_ADAPTER for a in adapters])
         out: list[Any] = [None] * len(prompts)
         for name in dict.fromkeys(adapters):

@@ -27,12 +27,14 @@ class PeftMethod:
             layer); other types train one user after another.
         mixed_batches: rows of different users' adapters can share one generation batch (peft's
             ``adapter_names``); other types are served one adapter group at a time.
+        prompt_learning: it adds virtual tokens to the input, not layers to the model (nothing to unload).
     """
 
     config_class: str
     options: Callable[[PeftOptions], dict[str, Any]]
     concurrent: bool = False
     mixed_batches: bool = False
+    prompt_learning: bool = False
 
 
 PEFT_TYPES: dict[str, PeftMethod] = {
@@ -42,7 +44,8 @@ PEFT_TYPES: dict[str, PeftMethod] = {
     # IA3 scales the attention projections and, as feed-forward module, the MLP's down projection.
     "IA3": PeftMethod("IA3Config", lambda o: dict(
         target_modules=[*o.target_modules, "down_proj"], feedforward_modules=["down_proj"])),
-    "PROMPT_TUNING": PeftMethod("PromptTuningConfig", lambda o: dict(num_virtual_tokens=o.num_virtual_tokens)),
+    "PROMPT_TUNING": PeftMethod("PromptTuningConfig", lambda o: dict(num_virtual_tokens=o.num_virtual_tokens),
+                                prompt_learning=True),
 }
 
 

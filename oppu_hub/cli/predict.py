@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import check_output_path
-from ..distributed import RayOptions, predict_on_ray
+from ..distributed_config import RayOptions
 from ..predict_config import PredictConfig
 from . import add_command, config_from_args
 
@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..inference import predict, save_predictions  # here: torch, kept out of `oppu-hub --help`
+    from ..distributed import predict_on_ray  # here: torch, kept out of `oppu-hub --help`
+    from ..inference import predict, save_predictions  # as predict_on_ray
 
     config = config_from_args(PredictConfig, args)
     if config.output:  # refused before any model is loaded

@@ -11,7 +11,7 @@ from trainers.collective_config import CollectiveConfig
 from trainers.user_config import UserAdapterConfig
 
 from ..data import load_task_split
-from ..distributed import RayExecutor, RayOptions
+from ..distributed_config import RayOptions
 from ..profiles import ProfileConfig, generate_profiles
 from ..tasks import UnknownTaskError, get_task
 from ..tuned import user_settings
@@ -66,6 +66,8 @@ def _train_base(args: argparse.Namespace) -> int:
 
 def _train_users(args: argparse.Namespace) -> int:
     from trainers.runs import train_users  # at run time: registering the commands needs only the configs, not trl
+
+    from ..distributed import RayExecutor  # at run time, as train_users
 
     config = config_from_args(UserAdapterConfig, args)
     ray_options = config_from_args(RayOptions, args)

@@ -168,7 +168,7 @@ def parse_method(name: str | Method) -> Method:
 
 @dataclass(frozen=True)
 class SpaceColumn:
-    """One of the Space's four answer columns: a family at k=0, or at the k the visitor picks (``retrieves``).
+    """One of the Space's answer columns: a family at k=0, or at the k the visitor picks (``retrieves``).
 
     Args:
         name: the column's short name (the Space's results and notes).
@@ -193,6 +193,8 @@ SPACE_COLUMNS = (
     SpaceColumn("OPPU", "Base + user adapter (OPPU)", "oppu", retrieves=False),
     SpaceColumn("OPPU + RAG", "OPPU + retrieval", "oppu", retrieves=True),
 )
+# The Space's optional fifth column: OPPU + retrieval with contrastive personal decoding (eval's ``oppu-cd-kN``).
+SPACE_CONTRASTIVE = SpaceColumn("OPPU-CD", "OPPU + retrieval, contrastive decoding", "oppu-cd", retrieves=True)
 
-__all__ = ["DEFAULT_METHODS", "FAMILIES", "GROUP_ORDER", "SMALL_METHODS", "SPACE_COLUMNS", "TABLE2_METHODS", "Method",
-           "SpaceColumn", "parse_method"]
+__all__ = ["DEFAULT_METHODS", "FAMILIES", "GROUP_ORDER", "SMALL_METHODS", "SPACE_COLUMNS", "SPACE_CONTRASTIVE",
+           "TABLE2_METHODS", "Method", "SpaceColumn", "parse_method"]

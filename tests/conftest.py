@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# Fixture modules that test modules also import names from: their asserts are rewritten either way.
+pytest.register_assert_rewrite("space_fixtures")
 
 # Training settings that make a tiny random Llama learn a user's label in seconds.
 FAST = dict(task="LaMP-2N", per_device_train_batch_size=3, logging_steps=1, precision="fp32")

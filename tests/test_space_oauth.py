@@ -13,53 +13,50 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gradio as gr
+import gradio.oauth
+import httpx
 import pytest
-from test_space import FAST_MAKE, free_port, launch, load_space, open_browser, screenshot, train_adapters, write_history
+from gradio_client import Client, handle_file
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
+from test_space import free_port, launch, open_browser, screenshot
 
-from conftest import make_lamp2n
 from hub_server import ALICE, BOB
+from oppu_hub.cli.space import load_app
+from oppu_hub.compare import Backend
+from oppu_hub.compare_config import FREE_TEXT, GENERATE, HELD_OUT, MOCK_OAUTH_TOKEN, SpaceConfig, SpaceError
+from oppu_hub.hub_store import HubStore
+from space_fixtures import FAST_MAKE, write_history
 
 if TYPE_CHECKING:
     from hub_fixtures import HubEnv
 
-pytest_plugins = ("hub_fixtures",)
+pytest_plugins = ("hub_fixtures", "space_fixtures")
 
 QUERY = "lantern story about the lantern"
 ORG = "lamp-lab"  # alice is a member, bob is not
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_base) -> tuple[Path, Path]:
-    """The data and the k=0 adapters of test users u2 and u3."""
-    data = make_lamp2n(tmp_path_factory.mktemp("oauth-data"), {"train": 2, "test": 3})
-    return data, train_adapters(data, tmp_path_factory.mktemp("oauth-users"), tiny_base, ["u2", "u3"])
-
-
 @pytest.fixture
-def hub_space(hub_env: HubEnv, trained, tiny_base, monkeypatch):
-    """``hub:lamp-lab`` with u2's adapter public and u3's private (pushed by alice, ids hashed), and the app."""
-    import gradio.oauth
-
-    from oppu_hub.hub_store import HubStore
-
+def hub_space(hub_env: HubEnv, space_models, tiny_base, monkeypatch):
+    """``hub:lamp-lab`` with u2's k=0 adapter public and u3's private (pushed by alice, ids hashed), and the app."""
     monkeypatch.setenv("OPPU_HUB_USER_SALT", "space-test-salt")
     real_whoami = gradio.oauth.whoami  # gradio's local sign-in wants an avatar the test Hub does not serve
     monkeypatch.setattr(gradio.oauth, "whoami", lambda: {**real_whoami(), "avatarUrl": ""})
-    data, users = trained
+    data, users = space_models
     folder = users / "LaMP-2N" / "k0-lora"
     HubStore(ORG, token=ALICE, private=False).push(folder / "u2")
     HubStore(ORG, token=ALICE).push(folder / "u3")
-    module = load_space()
-    config = module.SpaceConfig(data_dir=str(data), base_dir=str(tiny_base), adapters_dir=f"hub:{ORG}",
-                                task="LaMP-2N", k=1, port=free_port(), max_items=4, **FAST_MAKE)
-    app = module.build_app(config)
-    yield module, app, hub_env
+    config = SpaceConfig(data_dir=str(data), base_dir=str(tiny_base), adapters_dir=f"hub:{ORG}", task="LaMP-2N", k=1,
+                         port=free_port(), max_items=4, predictions_dir=str(data / "none"), **FAST_MAKE)
+    app = load_app().build_app(config)
+    yield app, hub_env
     app.close()
 
 
 def oauth(token: str | None) -> Any:
     """What gradio hands a handler for a visitor signed in with ``token`` (``None``: not signed in)."""
-    import gradio as gr
 
     return gr.OAuthToken(token=token, scope="openid profile read-repos write-repos manage-repos",
                          expires_at=int(time.time()) + 3600) if token else None
@@ -76,19 +73,18 @@ def choices(app, token: str | None) -> list[str]:
     return [value for _, value in update.choices]
 
 
-def compare(app, module, user: str, token: str | None) -> tuple:
-    mode, qid = (module.HELD_OUT, f"q{user[1:]}") if "/" not in user else (module.FREE_TEXT, None)
-    return handler(app, "compare")("LaMP-2N", user, mode, qid, QUERY, 1, oauth(token))
+def compare(app, user: str, token: str | None) -> list:
+    mode, qid = (HELD_OUT, f"q{user[1:]}") if "/" not in user else (FREE_TEXT, None)
+    return handler(app, "compare")("LaMP-2N", user, mode, qid, QUERY, 1, GENERATE, False, oauth(token))
 
 
-def make(app, path: Path, token: str | None) -> tuple[str, dict]:
-    return handler(app, "make")("LaMP-2N", str(path), QUERY, None, oauth(token))
+def make(app, path: Path, token: str | None, k: int = 0) -> tuple[str, Any]:
+    return handler(app, "make")("LaMP-2N", str(path), QUERY, k, None, oauth(token))
 
 
 def test_visitors_list_and_load_only_what_their_own_token_may(hub_space, tmp_path):
-    import gradio as gr
 
-    module, app, hub_env = hub_space
+    app, hub_env = hub_space
     assert app.backend.signs_in
     alice_status, _ = make(app, write_history(tmp_path / "alice.jsonl"), ALICE)
     make(app, write_history(tmp_path / "bob.jsonl", word="violin"), BOB)
@@ -100,32 +96,28 @@ def test_visitors_list_and_load_only_what_their_own_token_may(hub_space, tmp_pat
     assert choices(app, ALICE) == ["u2", "u3", "alice/oppu-lamp-2n-alice"]
 
     # alice loads u3 and her own adapter: both now sit on this machine
-    assert "unavailable" not in compare(app, module, "u3", ALICE)[3]
-    assert "unavailable" not in compare(app, module, "alice/oppu-lamp-2n-alice", ALICE)[3]
+    assert "unavailable" not in compare(app, "u3", ALICE)[3]
+    assert "unavailable" not in compare(app, "alice/oppu-lamp-2n-alice", ALICE)[3]
     # ...yet nobody else gets them: the Hub refuses their token (no fallback to alice's copy), and no request on
     # their behalf carries the Space's own token (alice's)
     start = len(hub_env.hub.requests)
     for token in (None, BOB):
-        head, *answers = compare(app, module, "u3", token)[:5]
+        head, *answers = compare(app, "u3", token)[:5]
         assert answers[2].startswith("(unavailable) No adapter for this user") and "not found" in answers[2]
         assert "unavailable" not in answers[0]  # the base columns still answer
-        assert compare(app, module, "alice/oppu-lamp-2n-alice", token)[3].startswith("(unavailable) No adapter")
+        assert compare(app, "alice/oppu-lamp-2n-alice", token)[3].startswith("(unavailable) No adapter")
     assert {user for _, _, user in hub_env.hub.requests[start:]} == {None, "bob"}
-    with pytest.raises(gr.Error, match="not in the LaMP-2N test data"):
-        compare(app, module, "alice-oppu-lamp-2n-alice", BOB)
+    assert "not in the LaMP-2N test data" in compare(app, "alice-oppu-lamp-2n-alice", BOB)[0]  # one message
 
 
 def test_make_pushes_to_the_visitors_private_repo_and_delete_is_theirs_only(hub_space, tmp_path):
-    import gradio as gr
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
 
-    module, app, hub_env = hub_space
+    app, hub_env = hub_space
     upload = write_history(tmp_path / "history.json", 6, lines=False)
     with pytest.raises(gr.Error, match="sign in with Hugging Face first"):
         make(app, upload, None)
     status, made = make(app, upload, ALICE)
-    assert status.startswith("**Trained** your LaMP-2N adapter on 4 history items (the newest of the 6 uploaded)")
+    assert status.startswith("**Trained** your LaMP-2N adapter (k=0) on 4 history items (the newest of the 6 uploaded)")
     assert "[alice/oppu-lamp-2n-alice]" in status
     api = HfApi(endpoint=hub_env.url, token=ALICE)
     info = api.model_info("alice/oppu-lamp-2n-alice")
@@ -137,42 +129,53 @@ def test_make_pushes_to_the_visitors_private_repo_and_delete_is_theirs_only(hub_
     assert record["trained_item_ids"] == ["h2", "h3", "h4", "h5"]  # the newest max_items
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=hub_env.url, token=BOB).model_info("alice/oppu-lamp-2n-alice")
-    out = handler(app, "compare_made")(QUERY, 1, made)
-    assert "unavailable" not in out[3] and out[7].startswith("latency **")
+    out = handler(app, "compare_made")(QUERY, 0, GENERATE, False, made)
+    assert "unavailable" not in out[3] and "latency **" in out[8]
 
     make(app, write_history(tmp_path / "bob.jsonl"), BOB)
     delete = handler(app, "delete")
     mine = handler(app, "mine")
-    assert "bob/oppu-lamp-2n-bob" in mine(oauth(BOB)) and "alice" not in mine(oauth(BOB))
-    with pytest.raises(gr.Error, match="sign in"):
-        delete(True, None, None)
-    with pytest.raises(gr.Error, match="tick the box"):
-        delete(False, None, oauth(BOB))
+    assert "bob/oppu-lamp-2n-bob" in mine(oauth(BOB))[0] and "alice" not in mine(oauth(BOB))[0]
+    assert mine(oauth(BOB))[1].interactive and not mine(None)[1].interactive  # the box works once signed in
+    assert "Sign in with Hugging Face first" in delete(True, None, None)[0]  # one message, nothing deleted
+    assert "Tick the box to confirm" in delete(False, None, oauth(BOB))[0]
     before = set(hub_env.hub.repos)
-    done, state, listing = delete(True, None, oauth(BOB))
+    done, state, listing, box, _ = delete(True, None, oauth(BOB))
     assert done == "Deleted `bob/oppu-lamp-2n-bob` with all revisions." and state is None
-    assert "no adapter repo" in listing
+    assert "no adapter repo" in listing and box.value is False  # the box is unticked again
     assert set(hub_env.hub.repos) == before - {"bob/oppu-lamp-2n-bob"}  # alice's and the org's are untouched
     assert delete(True, None, oauth(BOB))[0] == "Nothing to delete."
-    done, _, _ = delete(True, made, oauth(ALICE))
-    assert "alice/oppu-lamp-2n-alice" in done and not Path(made["dir"]).exists()  # the Space's copy is gone too
+    done = delete(True, made, oauth(ALICE))[0]
+    assert "alice/oppu-lamp-2n-alice" in done and not Path(made.dir).exists()  # the Space's copy is gone too
 
 
 def test_local_sign_in_stands_for_this_machine_only(hub_space, monkeypatch):
-    module, app, _ = hub_space
+    app, _ = hub_space
     config = vars(app.backend.config)
-    assert app.backend.visitor(module.MOCK_OAUTH_TOKEN).name == "alice"  # this machine's login, served on 127.0.0.1
-    with pytest.raises(module.SpaceError, match="serve the app on 127.0.0.1"):
-        module.Backend(module.SpaceConfig(**{**config, "host": "0.0.0.0"})).visitor(module.MOCK_OAUTH_TOKEN)
-    with pytest.raises(module.SpaceError, match="names no namespace"):  # "hub" alone: the Space token's user
-        module.Backend(module.SpaceConfig(**{**config, "adapters_dir": "hub"})).users("LaMP-2N")
+    assert app.backend.visitor(MOCK_OAUTH_TOKEN).name == "alice"  # this machine's login, served on 127.0.0.1
+    with pytest.raises(SpaceError, match="serve the app on 127.0.0.1"):
+        Backend(SpaceConfig(**{**config, "host": "0.0.0.0"})).visitor(MOCK_OAUTH_TOKEN)
+    with pytest.raises(SpaceError, match="names no namespace"):  # "hub" alone: the Space token's user
+        Backend(SpaceConfig(**{**config, "adapters_dir": "hub"})).users("LaMP-2N")
     monkeypatch.setenv("SPACE_ID", "alice/oppu-hub")  # in a Space the placeholder is nobody's token
-    with pytest.raises(module.SpaceError, match="did not accept your sign-in"):
-        app.backend.visitor(module.MOCK_OAUTH_TOKEN)
+    with pytest.raises(SpaceError, match="did not accept your sign-in"):
+        app.backend.visitor(MOCK_OAUTH_TOKEN)
+
+
+def test_an_unreachable_hub_is_one_message(hub_space, monkeypatch):
+    """The Hub does not answer: the page says so once, instead of an error on every control."""
+    app, _ = hub_space
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("OPPU_HUB_TIMEOUT", "2")
+    out = handler(app, "task")("LaMP-2N", oauth(None))
+    assert out[-1].startswith("**⚠ cannot list the adapters in hub:lamp-lab") and "no answer from" in out[-1]
+    assert all(isinstance(o, type(out[0])) for o in out[:-1])  # every other control is left as it was
+    text, box, button = handler(app, "mine")(oauth(BOB))
+    assert text.startswith("**⚠ the Hub did not accept your sign-in") and not box.interactive
 
 
 def test_one_training_at_a_time_and_a_bounded_queue(hub_space):
-    _, app, _ = hub_space
+    app, _ = hub_space
     train = next(f for f in app.fns.values() if f.api_name == "make")
     assert (train.concurrency_limit, train.concurrency_id) == (1, "train")
     assert app._queue.max_size == app.backend.config.max_queue
@@ -180,7 +183,6 @@ def test_one_training_at_a_time_and_a_bounded_queue(hub_space):
 
 def signed_in_cookie(url: str) -> str:
     """The session cookie of gradio's local sign-in (it signs in as this machine's login: alice)."""
-    import httpx
 
     with httpx.Client(base_url=url) as client:
         login = client.get("/login/huggingface")
@@ -189,63 +191,67 @@ def signed_in_cookie(url: str) -> str:
 
 
 def test_gradio_client_anonymous_and_signed_in(hub_space, tmp_path):
-    from gradio_client import Client, handle_file
 
-    module, app, hub_env = hub_space
+    app, hub_env = hub_space
     url = launch(app)
     anonymous = Client(url, verbose=False)
     alice = Client(url, verbose=False, headers={"Cookie": signed_in_cookie(url)})
-    assert anonymous.predict(api_name="/mine").startswith("Sign in with Hugging Face")
-    assert "no adapter repo" in alice.predict(api_name="/mine")
+    assert anonymous.predict(api_name="/mine")[0].startswith("Sign in with Hugging Face")
+    assert "no adapter repo" in alice.predict(api_name="/mine")[0]
+    history = handle_file(write_history(tmp_path / "h.jsonl"))
     with pytest.raises(Exception, match="sign in with Hugging Face first"):
-        anonymous.predict("LaMP-2N", handle_file(write_history(tmp_path / "h.jsonl")), QUERY, api_name="/make")
+        anonymous.predict("LaMP-2N", history, QUERY, 0, api_name="/make")
 
-    status = alice.predict("LaMP-2N", handle_file(write_history(tmp_path / "h.jsonl")), QUERY, api_name="/make")
+    status = alice.predict("LaMP-2N", history, QUERY, 0, api_name="/make")
     assert "[alice/oppu-lamp-2n-alice]" in status
-    assert "alice/oppu-lamp-2n-alice" in alice.predict(api_name="/mine")
+    assert "alice/oppu-lamp-2n-alice" in alice.predict(api_name="/mine")[0]
     assert hub_env.hub.repos["alice/oppu-lamp-2n-alice"].private
     for user in ("u3", "alice/oppu-lamp-2n-alice"):
-        mode = module.FREE_TEXT
-        assert "unavailable" not in alice.predict("LaMP-2N", user, mode, None, QUERY, 1, api_name="/compare")[3]
-        assert "unavailable" in anonymous.predict("LaMP-2N", user, mode, None, QUERY, 1, api_name="/compare")[3]
-    with pytest.raises(Exception, match="sign in"):
-        anonymous.predict(True, api_name="/delete")
+        assert "unavailable" not in alice.predict("LaMP-2N", user, FREE_TEXT, None, QUERY, 1, api_name="/compare")[3]
+        assert "unavailable" in anonymous.predict("LaMP-2N", user, FREE_TEXT, None, QUERY, 1, api_name="/compare")[3]
+    assert "Sign in with Hugging Face first" in anonymous.predict(True, api_name="/delete")[0]
     assert "alice/oppu-lamp-2n-alice" in alice.predict(True, api_name="/delete")[0]
     assert "alice/oppu-lamp-2n-alice" not in hub_env.hub.repos
 
 
 def test_browser_sign_in_make_and_delete(hub_space, tmp_path):
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import sync_playwright  # optional: the browser tests skip without it
     except ImportError:
         pytest.skip("playwright is not installed (.venv/bin/pip install playwright)")
-    _, app, hub_env = hub_space
+    app, hub_env = hub_space
     url = launch(app)
     with sync_playwright() as p:
         browser = open_browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
+            page.get_by_role("tab", name="Delete my adapter").click()
+            page.get_by_text("Sign in with Hugging Face to see and delete").wait_for(timeout=20_000)
+            assert page.get_by_label("I understand").is_disabled()  # nothing to do before signing in
+            assert page.get_by_role("button", name="Delete my adapter").is_disabled()
             page.get_by_role("button", name="Sign in with Hugging Face").click()
             page.get_by_role("button", name="Logout (alice)").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Make my adapter").click()
             upload = write_history(tmp_path / "history.jsonl")
             page.locator("#oppu-upload input[type=file]").set_input_files(str(upload))
             page.get_by_label("Your query").fill(QUERY)
-            page.get_by_role("button", name="Train my adapter").click()
-            page.get_by_text("Pushed to your private repo").wait_for(timeout=60_000)
-            page.wait_for_function("[...document.querySelectorAll('.oppu-made-answer textarea')].filter(t => t.value)"
-                                   ".length === 4", timeout=30_000)
-            values = page.eval_on_selector_all(".oppu-made-answer textarea", "ts => ts.map(t => t.value)")
-            assert not values[2].startswith("(unavailable)") and values[3].startswith("(unavailable)")
+            page.get_by_role("button", name="Train my adapter").click()  # for k=0 and k=1
+            page.get_by_text("to your private repo").wait_for(timeout=120_000)
+            page.wait_for_function("[...document.querySelectorAll('.oppu-made textarea')].slice(0, 4)"
+                                   ".every(t => t.value)", timeout=30_000)
+            values = page.eval_on_selector_all(".oppu-made textarea", "ts => ts.map(t => t.value)")[:4]
+            assert not any(v.startswith("(unavailable)") for v in values), values  # all four columns answer
             assert hub_env.hub.repos["alice/oppu-lamp-2n-alice"].private
-            screenshot(page, tmp_path / "space.png", keep=True)
 
             page.get_by_role("tab", name="Delete my adapter").click()
             page.get_by_role("listitem").get_by_text("alice/oppu-lamp-2n-alice").wait_for(timeout=20_000)
             page.get_by_label("I understand").check()
             page.get_by_role("button", name="Delete my adapter").click()
             page.get_by_text("Deleted alice/oppu-lamp-2n-alice with all revisions.").wait_for(timeout=20_000)
+            page.get_by_text("has no adapter repo").wait_for(timeout=20_000)
+            assert not page.get_by_label("I understand").is_checked()  # unticked after a delete
+            screenshot(page, tmp_path / "delete.png", "delete")
         finally:
             browser.close()
     assert "alice/oppu-lamp-2n-alice" not in hub_env.hub.repos

@@ -4,9 +4,12 @@ once."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -151,12 +154,43 @@ def slots_that_fit(per_slot_bytes: int, device: torch.device, most: int) -> int:
     return max(1, min(most, free_memory(device) // 2 // max(1, per_slot_bytes)))
 
 
-def step_bar() -> tqdm:
+StepWatcher = Callable[[int, int], None]
+_STEP_WATCHERS: ContextVar[tuple[StepWatcher, ...]] = ContextVar("oppu_step_watchers", default=())
+
+
+@contextlib.contextmanager
+def watch_steps(watcher: StepWatcher) -> Iterator[None]:
+    """Call ``watcher(done, total)`` each time a step bar (:func:`step_bar`) made in this context advances: the
+    optimizer steps of a ``train_users`` run in this thread, sequential or concurrent (the Space's progress bar)."""
+    token = _STEP_WATCHERS.set((*_STEP_WATCHERS.get(), watcher))
+    try:
+        yield
+    finally:
+        _STEP_WATCHERS.reset(token)
+
+
+class WatchedBar(tqdm):
+    """A tqdm bar that also tells the :func:`watch_steps` watchers of its context how far it is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.watchers = _STEP_WATCHERS.get()
+        self.done = 0  # counted here too: a disabled tqdm does not count
+        super().__init__(*args, **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        shown = super().update(n)
+        self.done += int(n or 0)
+        for watcher in self.watchers:
+            watcher(self.done, int(self.total or 0))
+        return shown
+
+
+def step_bar() -> WatchedBar:
     """The optimizer-step bar under a run's user bar: a long user (a pooled adapter: minutes per user) shows
     progress and an ETA. Trainers grow its ``total`` as users start. ``TQDM_DISABLE=1`` when it is made hides it
-    (Ray workers set it; tqdm itself reads it only at import)."""
-    return tqdm(total=0, unit="step", desc="steps", leave=False, dynamic_ncols=True,
-                disable=os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
+    (Ray workers set it; tqdm itself reads it only at import). :func:`watch_steps` watchers see every update."""
+    return WatchedBar(total=0, unit="step", desc="steps", leave=False, dynamic_ncols=True,
+                      disable=os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
 
 
 def set_threads() -> None:

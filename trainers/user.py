@@ -175,7 +175,7 @@ class StepBar(TrainerCallback):
         self.bar.refresh()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.bar.update(state.global_step - self.bar.n)
+        self.bar.update(state.global_step - self.bar.done)
 
     def close(self) -> None:
         self.bar.close()

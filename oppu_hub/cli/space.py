@@ -1,8 +1,8 @@
-"""``oppu-hub space``: serve the Gradio comparison app of ``space/app.py`` (flags: its ``SpaceConfig``).
+"""``oppu-hub space``: serve the comparison page of ``space/app.py`` (flags: :class:`~oppu_hub.compare_config.
+SpaceConfig`, read without loading the page).
 
-``space/`` is the Hugging Face Space folder, not part of the installed package, so the app is loaded by path
-from the repository (or from ``$OPPU_HUB_SPACE_APP``). Loading it is cheap: it imports gradio and torch only
-when launched.
+``space/`` is the Hugging Face Space folder, not part of the installed package, so the page is loaded by path from
+the repository (or from ``$OPPU_HUB_SPACE_APP``); everything it runs is in the library (:mod:`oppu_hub.compare`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..compare_config import SpaceConfig
 from . import add_command, config_from_args
 
 APP_ENV = "OPPU_HUB_SPACE_APP"
@@ -44,16 +45,10 @@ def load_app() -> ModuleType:
 
 
 def register(subparsers: Any) -> None:
-    try:
-        config_cls = load_app().SpaceConfig
-    except (OSError, ImportError, SyntaxError):  # an installed copy without the space/ folder
-        subparsers.add_parser("space", help="serve the comparison app (needs space/app.py)").set_defaults(func=_space)
-        return
     add_command(subparsers, "space", _space, "serve the Gradio app comparing base, RAG, OPPU and OPPU + RAG, where "
-                "visitors also make, compare and delete their own adapter", config_cls)
+                "visitors also make, compare and delete their own adapter", SpaceConfig)
 
 
 def _space(args: argparse.Namespace) -> int:
-    module = load_app()
-    module.main(config_from_args(module.SpaceConfig, args))
+    load_app().main(config_from_args(SpaceConfig, args))
     return 0

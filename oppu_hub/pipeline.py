@@ -194,15 +194,7 @@ class Pipeline:
 
     def base_dir(self, k: int, profile: bool = False) -> Path:
         """The task-adapted base of :meth:`base_config`, trained unless it exists."""
-        cfg, hashed = self.base_config(k, profile)
-        target = cfg.target_dir()
-        if not (target / BASE_RECORD).exists():
-            logger.info("training base %s", target)
-            write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
-            train_base(cfg)
-            if self.on_train:
-                self.on_train("base", target)
-        return target
+        return self._trained_base(*self.base_config(k, profile), train_base)
 
     def adapters_config(self, k: int, profile: bool = False, peft_type: str | None = None,
                         history_format: str = "full") -> tuple[UserAdapterConfig, dict[str, Any]]:
@@ -277,12 +269,17 @@ class Pipeline:
         """The collective base of :meth:`collective_config`, trained (after its task-adapted base) unless it
         exists."""
         cfg, hashed = self.collective_config(k, source, history_format)
+        if not (cfg.target_dir() / BASE_RECORD).exists():
+            self.base_dir(k)  # stage A starts from the task-adapted base
+        return self._trained_base(cfg, hashed, train_collective)
+
+    def _trained_base(self, cfg: Any, hashed: dict[str, Any], train: Callable[[Any], Any]) -> Path:
+        """``cfg``'s base folder (task-adapted or collective), trained by ``train`` unless it exists."""
         target = cfg.target_dir()
         if not (target / BASE_RECORD).exists():
-            self.base_dir(k)
-            logger.info("training collective base %s", target)
+            logger.info("training base %s", target)
             write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
-            train_collective(cfg)
+            train(cfg)
             if self.on_train:
                 self.on_train("base", target)
         return target

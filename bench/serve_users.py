@@ -6,12 +6,15 @@ A burst of ``--requests`` requests from ``--users`` users (round-robin, so conse
 users) arrives at t=0 and is served first-in first-out by :class:`oppu_hub.inference.Generator`:
 
 * ``swap``: one request at a time, the adapter swapped per request (``max_adapters=1``: the previous adapter is
-  deleted and the next loaded from disk; what a server without multi-adapter support does).
+  deleted and the next loaded from disk with peft; what a server without multi-adapter support does).
 * ``resident``: one request at a time, every adapter resident (no load cost; isolates the batching gain).
-* ``mixed-B``: batches of ``B`` consecutive requests, each row with its own user's adapter (peft ``adapter_names``).
+* ``mixed-B``: batches of ``B`` consecutive requests, each row with its own user's adapter (peft ``adapter_names``,
+  which loops over the adapters of a batch in every layer).
 * ``sorted-B``: as ``mixed-B``, but the queue is served shortest prompt first, so a batch's prompts have similar
   lengths and its prefill pads little (all requests arrived together, so reordering keeps nobody waiting longer
   than the whole burst).
+* ``gathered-B`` / ``gathered-sorted-B``: as ``mixed-B`` / ``sorted-B`` with the adapters in the gathered
+  multi-LoRA bank (:mod:`oppu_hub.lora_bank`, the default backend): one gathered low-rank product per layer.
 
 Prompts are the task's query prompts (``--task``, k=0; the first ``--requests`` training queries, so real prompt
 lengths), with the task's answer
@@ -111,21 +114,22 @@ def main() -> None:
     folders = make_adapters(base, task, users, Path(tempfile.mkdtemp(prefix="bench-serve-")))
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     by_length = sorted(range(len(prompts)), key=lengths.__getitem__)
-    modes = [("swap", 1, 1, None), ("resident", len(users), 1, None)]
-    modes += [(f"{kind}-{b}", len(users), b, order) for b in args.batches
-              for kind, order in (("mixed", None), ("sorted", by_length))]
+    modes = [("swap", 1, 1, None, "peft"), ("resident", len(users), 1, None, "peft")]
+    modes += [(f"{kind}-{b}", len(users), b, order, backend) for b in args.batches
+              for kind, order, backend in (("mixed", None, "peft"), ("sorted", by_length, "peft"),
+                                           ("gathered", None, "gathered"),
+                                           ("gathered-sorted", by_length, "gathered"))]
     results, reference = [], None
-    for mode, resident, batch, order in modes:
-        gen = Generator(model, tokenizer, max_adapters=resident)
+    for mode, resident, batch, order, backend in modes:
+        gen = Generator(model, tokenizer, max_adapters=resident, lora_backend=backend)
         serve(gen, folders, prompts[:2], owners[:2], 1, 2)  # warm-up (first adapter load, first generate)
         outputs, latencies, seconds = serve(gen, folders, prompts, owners, batch, max_new_tokens, order)
         _, _, prefill = serve(gen, folders, prompts, owners, batch, 1, order)
-        if gen.model is not gen.base:
-            gen.model.base_model.unload()  # the shared base comes back clean for the next mode
+        gen.close()  # the shared base comes back clean for the next mode
         reference = reference or outputs
         tokens = sum(len(tokenizer(o, add_special_tokens=False).input_ids) + 1 for o in outputs)
         q = statistics.quantiles(latencies, n=20)
-        results.append(dict(mode=mode, batch=batch, seconds=round(seconds, 2), tokens=tokens,
+        results.append(dict(mode=mode, backend=backend, batch=batch, seconds=round(seconds, 2), tokens=tokens,
                             tokens_per_s=round(tokens / seconds, 1), requests_per_s=round(len(prompts) / seconds, 2),
                             prefill_s=round(prefill, 2), decode_s=round(max(0.0, seconds - prefill), 2),
                             p50_s=round(statistics.median(latencies), 2), p95_s=round(q[18], 2),

@@ -10,7 +10,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -32,6 +32,7 @@ from .data import LampSplit, item_keys, load_task_split, query_keys, write_predi
 from .decoding import ContrastiveLogitsProcessor
 from .io import make_private_dirs, safe_name
 from .label_scoring import best_labels, label_logprobs
+from .lora_bank import BASE_ADAPTER, LoraBank, unsupported
 from .metrics import score
 from .models import BaseModelConfig, load_base, model_fingerprint
 from .predict_config import PredictConfig
@@ -45,7 +46,8 @@ from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+LoraBackend = Literal["gathered", "peft"]
+GATHERED = "LORA (gathered)"  # the kind of adapters resident in the Generator's LoraBank
 
 
 def load_adapter(model: Any, folder: str | Path, name: str = "default", *, base_fingerprint: str | None = None,
@@ -90,11 +92,15 @@ class Generator:
     """Greedy generation for many users on one base.
 
     Adapters are loaded on demand (``load``) and at most ``max_adapters`` stay resident (least recently used
-    are deleted). A batch may mix users: LoRA adapters run in one ``generate`` call with peft's
-    ``adapter_names``; other PEFT types are run one adapter group at a time.
+    are deleted). A batch may mix users: LoRA adapters run in one ``generate`` call, each row with its own
+    adapter; other PEFT types are run one adapter group at a time. ``lora_backend``: ``"gathered"`` serves LoRA
+    adapters from a :class:`~oppu_hub.lora_bank.LoraBank` (one gathered low-rank product per layer; adapters it
+    cannot hold, and any base that is itself a ``PeftModel``, fall back to peft), ``"peft"`` with peft's
+    ``adapter_names``.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_adapters: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_adapters: int = 16,
+                 lora_backend: LoraBackend = "gathered") -> None:
         self.base = model
         self.model = model
         self.tokenizer = tokenizer
@@ -102,7 +108,9 @@ class Generator:
         self.max_adapters = max_adapters
         self.fingerprint = model_fingerprint(model)
         self._resident: OrderedDict[str, str] = OrderedDict()  # adapter name -> adapter_identity(folder)
-        self._peft_type: str | None = None
+        self._peft_type: str | None = None  # of the resident adapters; "LORA (gathered)" in the bank
+        self._bank = LoraBank(model, max_adapters + 1) if lora_backend == "gathered" and not isinstance(
+            model, PeftModel) else None
 
     def load(self, folder: str | Path, name: str | None = None) -> str:
         """Make the adapter in ``folder`` resident (checking that it verifies and belongs to this base); returns its
@@ -117,21 +125,39 @@ class Generator:
         if self._resident.get(name) == identity:
             self._resident.move_to_end(name)
             return name
-        if self._peft_type not in (None, record.peft_type):
-            raise ValueError(f"{folder}: a {record.peft_type} adapter cannot join the resident {self._peft_type} "
-                             f"adapters in one batch; predict each PEFT type separately")
+        bankable = self._bank is not None and self._peft_type in (None, GATHERED) and unsupported(
+            folder, self.base) is None  # beside adapters peft holds, a LoRA joins them in peft
+        kind = GATHERED if bankable else record.peft_type
+        if self._peft_type not in (None, kind):
+            raise ValueError(f"{folder}: a {kind} adapter cannot join the resident {self._peft_type} adapters in one "
+                             f"batch; predict each kind separately")
         if name in self._resident:  # stale weights under this name
             self._evict(name)
-        self.model = load_adapter(self.model, folder, name, check=False)  # checked above; in eval mode
-        self._peft_type = record.peft_type
+        if kind == GATHERED:
+            self._bank.add(name, folder)
+            self.model = self._bank
+        else:
+            self.model = load_adapter(self.model, folder, name, check=False)  # checked above; in eval mode
+        self._peft_type = kind
         self._resident[name] = identity
         while len(self._resident) > self.max_adapters:
             self._evict(next(iter(self._resident)))
         return name
 
+    def close(self) -> None:
+        """Delete every resident adapter: the base is as it came."""
+        while self._resident:
+            self._evict(next(iter(self._resident)))
+
     def _evict(self, name: str) -> None:
         """Delete a resident adapter; the last one leaves the plain base behind (peft keeps at least one)."""
         del self._resident[name]
+        if self._peft_type == GATHERED:
+            self._bank.remove(name)
+            if not self._resident:
+                self._bank.close()
+                self.model, self._peft_type = self.base, None
+            return
         if self._resident:
             with warnings.catch_warnings():  # peft re-activates another adapter; rows choose theirs in generate()
                 warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
@@ -160,7 +186,7 @@ class Generator:
                              logits_processor=LogitsProcessorList([processor]))
             return both[:len(rows)]
 
-        if contrast is not None and self._peft_type is not None and not peft_method(self._peft_type).mixed_batches:
+        if contrast is not None and not self._mixed_batches:
             raise ValueError("contrastive decoding mixes adapter and base rows in one batch: LoRA adapters only")
         return self._batched(prompts, adapters, batch_size, run)
 
@@ -189,8 +215,8 @@ class Generator:
 
     def _by_adapter(self, prompts: list[str], adapters: list[str | None],
                     run: Callable[[list[str], list[str] | None], list[Any]]) -> list[Any]:
-        """One mixed batch for LoRA (peft's ``adapter_names``); other PEFT types one adapter group at a time."""
-        if self.model is self.base or peft_method(self._peft_type).mixed_batches:
+        """One mixed batch for LoRA (``adapter_names``); other PEFT types one adapter group at a time."""
+        if self._mixed_batches:
             return run(prompts, None if self.model is self.base else [a or BASE_ADAPTER for a in adapters])
         out: list[Any] = [None] * len(prompts)
         for name in dict.fromkeys(adapters):
@@ -204,6 +230,11 @@ class Generator:
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
         return out
+
+    @property
+    def _mixed_batches(self) -> bool:
+        """Whether rows of different adapters (and the base) can share a batch."""
+        return self._peft_type in (None, GATHERED) or peft_method(self._peft_type).mixed_batches
 
     def _run(self, prompts: list[str], max_new_tokens: int, **kwargs: Any) -> list[str]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.base.device)

@@ -8,7 +8,7 @@ normalisation is applied, so a label of more tokens pays for each of them, as in
 
 It takes two forward passes per batch of prompts and shares each prompt: the prompts run once with a KV cache, the
 cache is repeated once per label, and all labels of all prompts run as one batch of label tokens on top of it. A
-batch may mix users (peft's ``adapter_names``, repeated per label), as mixed-batch generation does.
+batch may mix users (``adapter_names``, repeated per label), as mixed-batch generation does.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[list[int]]:
 def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
                    adapter_names: Sequence[str] | None = None) -> torch.Tensor:
     """``(len(prompts), len(labels))`` summed log-likelihoods of each label after each prompt (one batch: split
-    long lists of prompts before calling). ``adapter_names[i]`` is row ``i``'s peft adapter in a mixed batch."""
+    long lists of prompts before calling). ``adapter_names[i]`` is row ``i``'s adapter in a mixed batch."""
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -88,8 +88,9 @@ def lamp2n_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_random_adapter(base_dir: Path, folder: Path, *, seed: int = 1, user_id: str = "u1", task: str = "LaMP-2N",
-                        **record: object) -> Path:
-    """A LoRA adapter with random (non-zero) B weights, so it changes the logits, plus its oppu.json."""
+                        lora: dict | None = None, **record: object) -> Path:
+    """A LoRA adapter with random (non-zero) B weights, so it changes the logits, plus its oppu.json; ``lora``
+    overrides the ``LoraConfig`` (r=4, alpha 8, q/v)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -100,8 +101,8 @@ def make_random_adapter(base_dir: Path, folder: Path, *, seed: int = 1, user_id:
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     fingerprint = model_fingerprint(base)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    options = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **(lora or {})}
+    peft_model = get_peft_model(base, LoraConfig(init_lora_weights=False, **options))
     peft_model.save_pretrained(folder)
     (folder / "README.md").unlink(missing_ok=True)  # peft writes its own card; the store writes ours
     AdapterRecord(user_id=user_id, task=task, base_model=str(base_dir), base_fingerprint=fingerprint,

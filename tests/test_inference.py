@@ -31,8 +31,9 @@ def alone(tiny_base, folder, prompt, max_new_tokens=6):
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def test_mixed_batch_matches_each_user_alone(tiny_base, adapters):
-    gen = Generator(*load_base(str(tiny_base)))
+@pytest.mark.parametrize("backend", ["gathered", "peft"])
+def test_mixed_batch_matches_each_user_alone(tiny_base, adapters, backend):
+    gen = Generator(*load_base(str(tiny_base)), lora_backend=backend)
     names = [gen.load(folder) for folder in adapters]
     rows = [(p, a) for p in PROMPTS for a in [*names, None]]
     outputs = gen.generate([p for p, _ in rows], [a for _, a in rows], max_new_tokens=6, batch_size=12)
@@ -58,8 +59,7 @@ def next_token_logits(gen, name, prompt="article: harbor story category:"):
     with torch.no_grad():
         if name is None:
             return gen.base(**batch).logits[0, -1]
-        gen.model.set_adapter(name)
-        return gen.model(**batch).logits[0, -1]
+        return gen.model(**batch, adapter_names=[name]).logits[0, -1]
 
 
 def test_same_name_other_folder_or_new_weights_replaces_the_resident_adapter(tiny_base, tmp_path):

@@ -2,8 +2,8 @@
 row of a batch uses its own slot's adapter (a per-row gather, as Punica/S-LoRA's BGMV kernels do), so the frozen
 base's matmuls run once for rows of many users. The layer (:class:`MultiLoraLinear`), the routing of rows to slots
 (:class:`Route`), the surgery that puts such layers into a model (:func:`multi_lora`) and the mapping of a slot to
-peft's saved keys (:func:`slot_weights`). Concurrent training (:mod:`trainers.concurrent`) uses it; nothing in it is
-training-specific, so serving can share it."""
+peft's saved keys (:func:`slot_weights`). Concurrent training (:mod:`trainers.concurrent`) and mixed-batch serving
+(:mod:`oppu_hub.lora_bank`) share it."""
 
 from __future__ import annotations
 
@@ -43,10 +43,12 @@ class MultiLoraLinear(nn.Module):
         if slots is None:
             return out
         h = F.dropout(x, self.dropout, self.training) if self.dropout else x
-        a = self.A.index_select(0, slots).to(h.dtype)  # (rows, r, in)
-        b = self.B.index_select(0, slots).to(h.dtype)  # (rows, out, r)
-        delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + (delta * self.scale).to(out.dtype)
+        # Training (bf16 autocast) runs in the input's dtype; inference in the adapters' dtype, as peft's LoRA does.
+        dtype = h.dtype if self.training else self.A.dtype
+        a = self.A.index_select(0, slots).to(dtype)  # (rows, r, in)
+        b = self.B.index_select(0, slots).to(dtype)  # (rows, out, r)
+        delta = torch.bmm(torch.bmm(h.to(dtype), a.transpose(1, 2)), b.transpose(1, 2))
+        return out + (delta * self.scale if self.scale != 1 else delta).to(out.dtype)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,9 @@ users) arrives at t=0 and is served first-in first-out by :class:`oppu_hub.infer
   than the whole burst).
 * ``gathered-B`` / ``gathered-sorted-B``: as ``mixed-B`` / ``sorted-B`` with the adapters in the gathered
   multi-LoRA bank (:mod:`oppu_hub.lora_bank`, the default backend): one gathered low-rank product per layer.
+* ``contrastive-B``: ``gathered-B`` with contrastive personal decoding (``oppu-cd``, the decoding defaults of
+  :class:`~oppu_hub.decoding_config.DecodingOptions`): each request also runs on the base in the same batch, so its
+  cost against ``gathered-B`` is the price of the method (its outputs differ from plain decoding by design).
 
 Prompts are the task's query prompts (``--task``, k=0; the first ``--requests`` training queries, so real prompt
 lengths), with the task's answer
@@ -43,6 +46,7 @@ from _report import save_report  # noqa: E402
 
 from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
+from oppu_hub.decoding_config import DecodingOptions  # noqa: E402
 from oppu_hub.inference import Generator  # noqa: E402
 from oppu_hub.models import load_base, model_fingerprint, resolve_base  # noqa: E402
 from oppu_hub.prompts import PromptBuilder, query_prompt  # noqa: E402
@@ -73,16 +77,17 @@ def make_adapters(base: str, task: Task, users: list[str], root: Path) -> list[P
 
 
 def serve(gen: Generator, folders: list[Path], prompts: list[str], owners: list[int], batch: int,
-          max_new_tokens: int, order: list[int] | None = None) -> tuple[list[str], list[float], float]:
-    """Batches of ``batch`` requests in ``order`` (default FIFO); returns the outputs and latencies in request
-    order, and the total time."""
+          max_new_tokens: int, order: list[int] | None = None, contrast: tuple[float, float] | None = None
+          ) -> tuple[list[str], list[float], float]:
+    """Batches of ``batch`` requests in ``order`` (default FIFO; ``contrast``: contrastive decoding); returns the
+    outputs and latencies in request order, and the total time."""
     order = order or list(range(len(prompts)))
     outputs, latencies = [""] * len(prompts), [0.0] * len(prompts)
     start = time.perf_counter()
     for i in range(0, len(order), batch):
         rows = order[i:i + batch]
         names = [gen.load(folders[owners[j]]) for j in rows]
-        texts = gen.generate([prompts[j] for j in rows], names, max_new_tokens, batch_size=batch)
+        texts = gen.generate([prompts[j] for j in rows], names, max_new_tokens, batch_size=batch, contrast=contrast)
         for j, text in zip(rows, texts, strict=True):
             outputs[j], latencies[j] = text, time.perf_counter() - start
     return outputs, latencies, time.perf_counter() - start
@@ -96,6 +101,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--task", default="LaMP-2N", help="whose prompts and answer budget")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each mode this many times and report its median run (a shared VM is noisy)")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's answer budget")
     parser.add_argument("--out", default=None, help="default bench/results/serve_users[-TASK].json")
     args = parser.parse_args()
@@ -114,22 +121,29 @@ def main() -> None:
     folders = make_adapters(base, task, users, Path(tempfile.mkdtemp(prefix="bench-serve-")))
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     by_length = sorted(range(len(prompts)), key=lengths.__getitem__)
-    modes = [("swap", 1, 1, None, "peft"), ("resident", len(users), 1, None, "peft")]
-    modes += [(f"{kind}-{b}", len(users), b, order, backend) for b in args.batches
-              for kind, order, backend in (("mixed", None, "peft"), ("sorted", by_length, "peft"),
-                                           ("gathered", None, "gathered"),
-                                           ("gathered-sorted", by_length, "gathered"))]
+    decoding = DecodingOptions()
+    cd = (decoding.contrast_alpha, decoding.contrast_beta)
+    modes = [("swap", 1, 1, None, "peft", None), ("resident", len(users), 1, None, "peft", None)]
+    modes += [(f"{kind}-{b}", len(users), b, order, backend, contrast) for b in args.batches
+              for kind, order, backend, contrast in (
+                  ("mixed", None, "peft", None), ("sorted", by_length, "peft", None),
+                  ("gathered", None, "gathered", None), ("gathered-sorted", by_length, "gathered", None),
+                  ("contrastive", None, "gathered", cd))]
     results, reference = [], None
-    for mode, resident, batch, order, backend in modes:
+    for mode, resident, batch, order, backend, contrast in modes:
         gen = Generator(model, tokenizer, max_adapters=resident, lora_backend=backend)
         serve(gen, folders, prompts[:2], owners[:2], 1, 2)  # warm-up (first adapter load, first generate)
-        outputs, latencies, seconds = serve(gen, folders, prompts, owners, batch, max_new_tokens, order)
-        _, _, prefill = serve(gen, folders, prompts, owners, batch, 1, order)
+        runs = sorted((serve(gen, folders, prompts, owners, batch, max_new_tokens, order, contrast)
+                       for _ in range(args.repeats)), key=lambda run: run[2])
+        outputs, latencies, seconds = runs[len(runs) // 2]
+        prefill = statistics.median(serve(gen, folders, prompts, owners, batch, 1, order, contrast)[2]
+                                    for _ in range(args.repeats))
         gen.close()  # the shared base comes back clean for the next mode
         reference = reference or outputs
         tokens = sum(len(tokenizer(o, add_special_tokens=False).input_ids) + 1 for o in outputs)
         q = statistics.quantiles(latencies, n=20)
-        results.append(dict(mode=mode, backend=backend, batch=batch, seconds=round(seconds, 2), tokens=tokens,
+        results.append(dict(mode=mode, backend=backend, contrast=contrast, batch=batch, seconds=round(seconds, 2),
+                            tokens=tokens,
                             tokens_per_s=round(tokens / seconds, 1), requests_per_s=round(len(prompts) / seconds, 2),
                             prefill_s=round(prefill, 2), decode_s=round(max(0.0, seconds - prefill), 2),
                             p50_s=round(statistics.median(latencies), 2), p95_s=round(q[18], 2),
@@ -145,7 +159,8 @@ def main() -> None:
         print(f"| {r['mode']} | {r['batch']} | {r['seconds']} | {r['tokens_per_s']} | "
               f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['prefill_s']} | {r['decode_s']} | {r['p50_s']} | "
               f"{r['p95_s']} | {r['same_outputs_as_swap']}/{args.requests} |")
-    save_report(out, task=task.name, prompt_tokens=lengths, max_new_tokens=max_new_tokens, results=results)
+    save_report(out, task=task.name, repeats=args.repeats, prompt_tokens=lengths, max_new_tokens=max_new_tokens,
+                results=results)
 
 
 if __name__ == "__main__":

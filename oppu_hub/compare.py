@@ -1,12 +1,14 @@
 """Side-by-side answers of one query by the Space's columns (:data:`~oppu_hub.methods.SPACE_COLUMNS`: the base, base
-+ retrieval, the user's adapter, adapter + retrieval; optionally :data:`~oppu_hub.methods.SPACE_CONTRASTIVE`), with
++ retrieval, the user's adapter, adapter + retrieval; optionally :data:`~oppu_hub.methods.SPACE_CONTRASTIVE` and
+:data:`~oppu_hub.methods.SPACE_TWO_STAGE`), with
 the data, stores and resident models behind them: what the Space (``space/app.py``) shows, usable without Gradio.
 
 As in the paper and ``oppu-hub eval``, each column runs its method (:class:`~oppu_hub.methods.Method`) with the base
 and adapters trained with its prompts (``{variant}`` in the paths: ``k0``, ``k{k}``) and decodes as eval does
 (:func:`oppu_hub.inference.answerer`: generation, ``answers="labels"`` label scoring, contrastive decoding). Only
-the retrieval depths whose models exist are offered (:meth:`Backend.ks`). At most two bases (k=0 and k) stay in
-memory; adapters load on demand into each :class:`~oppu_hub.inference.Generator`'s LRU.
+the retrieval depths whose models exist are offered (:meth:`Backend.ks`). At most three bases (k=0, k and the
+two-stage column's collective base) stay in memory; adapters load on demand into each
+:class:`~oppu_hub.inference.Generator`'s LRU.
 
 **Whose token reads what.** Over a Hub store (``hub:NAMESPACE``) adapters are read with the *visitor's* token
 (:class:`~oppu_hub.compare_config.Visitor`): none at all for an anonymous visitor (public adapters only), theirs
@@ -64,7 +66,7 @@ from .forget import forget_user
 from .hub_store import HubStore
 from .inference import Generator, answerer, clean_answer
 from .io import safe_name
-from .methods import SPACE_COLUMNS, SPACE_CONTRASTIVE, SpaceColumn
+from .methods import SPACE_COLUMNS, SPACE_CONTRASTIVE, SPACE_TWO_STAGE, Method, SpaceColumn
 from .models import BaseModelConfig, load_base
 from .predict_config import PredictConfig
 from .prompts import PromptBuilder
@@ -73,7 +75,7 @@ from .store import is_store_spec, open_store, parse_store_spec
 from .store_base import AdapterStore, StoreError
 from .tasks import TASKS, Task, get_task
 
-FolderFor = Callable[[int], Path]  # the adapter folder a column of k uses
+FolderFor = Callable[[Method], Path]  # the adapter folder a column's method uses
 
 
 class Backend:
@@ -245,16 +247,17 @@ class Backend:
             raise SpaceError("sign in with Hugging Face first")
         return HubStore(visitor.name, token=visitor.token, hash_user_ids=False)
 
-    def generator(self, task: str, k: int = 0) -> Generator:
-        """The resident base trained with ``k``-item prompts for ``task`` (loaded once; at most two stay)."""
-        base = self.config.fill(self.config.base_dir, task, k)
+    def generator(self, task: str, k: int = 0, template: str | None = None) -> Generator:
+        """The resident base trained with ``k``-item prompts for ``task`` (loaded once; at most three stay): the
+        task-adapted one, or the base ``template`` names (the two-stage column's collective base)."""
+        base = self.config.fill(template or self.config.base_dir, task, k)
         with self._lock:
             if base not in self._generators:
                 record = read_base_record(base) if Path(base).is_dir() else {}
                 if record and (record.get("k"), record.get("profile")) != (k, False):
                     raise SpaceError(f"the base {base!r} was trained with {record.get('variant')} prompts, not k{k}: "
                                      f"put {{variant}} in --base_dir")
-                while len(self._generators) >= 2:
+                while len(self._generators) >= 3:
                     self._generators.popitem(last=False)
                 try:
                     self._generators[base] = Generator(*load_base(BaseModelConfig(base)),
@@ -265,13 +268,19 @@ class Backend:
             self._generators.move_to_end(base)
             return self._generators[base]
 
-    def adapter_folder(self, task: str, user: str, k: int = 0, visitor: Visitor = ANONYMOUS) -> Path:
+    def adapter_folder(self, task: str, user: str, k: int = 0, visitor: Visitor = ANONYMOUS,
+                       two_stage: bool = False) -> Path:
         """The adapter of a user of the split (trained with ``k``-item prompts when adapters are in a folder), or
         one of the visitor's own repos: from the folder, or the store's latest revision read as ``visitor``
-        (pulled each time, so a new push is picked up and the Hub checks the visitor's access every time)."""
+        (pulled each time, so a new push is picked up and the Hub checks the visitor's access every time).
+        ``two_stage``: the user's adapter on the collective base (a folder of the split's users only)."""
         own = self.is_own_repo(task, user)
-        if not own and not is_store_spec(self.config.adapters_dir):
-            root = Path(self.config.fill(self.config.adapters_dir, task, k))
+        if two_stage and own:
+            raise AdapterNotFoundError("your repo holds an adapter on the task-adapted base; the two-stage column "
+                                       "needs one trained on the collective base")
+        if two_stage or (not own and not is_store_spec(self.config.adapters_dir)):
+            template = self.config.two_stage_adapters_dir if two_stage else self.config.adapters_dir
+            root = Path(self.config.fill(template, task, k))
             if not is_complete(root / safe_name(user)):
                 raise AdapterNotFoundError(f"no adapter for user {user!r} in {root}")
             return root / safe_name(user)
@@ -285,10 +294,12 @@ class Backend:
 
     # --- the comparison -------------------------------------------------------------------------------
     def compare(self, task: str, user: str, mode: str, qid: str | None, free_text: str | None, k: float | None,
-                visitor: Visitor = ANONYMOUS, answers: str = GENERATE, contrastive: bool = False) -> Comparison:
+                visitor: Visitor = ANONYMOUS, answers: str = GENERATE, contrastive: bool = False,
+                two_stage: bool = False) -> Comparison:
         """Every column's answer to a held-out query of ``user`` (``mode`` :data:`HELD_OUT`, ``qid``) or to
         ``free_text`` (``mode`` :data:`FREE_TEXT`), with retrieval depth ``k`` (one of :meth:`ks`); ``answers``:
-        :data:`GENERATE` or :data:`LABELS`; ``contrastive`` adds the contrastive-decoding column."""
+        :data:`GENERATE` or :data:`LABELS`; ``contrastive`` adds the contrastive-decoding column, ``two_stage`` the
+        two-stage one."""
         t = task_of(task)
         if not user:
             raise SpaceError("choose a user")
@@ -305,41 +316,45 @@ class Backend:
         else:
             q = self.question(t.name, user, qid)
             fields, history, gold = q.fields(t), q.profile, q.gold
-        out = self.answer(t, fields, history, gold, self.check_k(t.name, k), user, answers, contrastive,
-                          lambda col_k: self.adapter_folder(t.name, user, col_k, visitor))
+        out = self.answer(t, fields, history, gold, self.check_k(t.name, k), user, answers, contrastive, two_stage,
+                          lambda m: self.adapter_folder(t.name, user, m.k, visitor, m.collective is not None))
         if out.k > 0 and not history:
             out.notes.append("Your adapter's repo keeps no history: nothing to retrieve." if own
                              else "The user's history is empty: nothing to retrieve.")
         return out
 
     def compare_made(self, made: MadeAdapter | None, free_text: str | None, k: float | None, answers: str = GENERATE,
-                     contrastive: bool = False) -> Comparison:
+                     contrastive: bool = False, two_stage: bool = False) -> Comparison:
         """:meth:`compare` for an adapter just made (:meth:`make_adapter`), with its uploaded history."""
         if not made:
             raise SpaceError("make your adapter first: upload your history and press 'Train my adapter'")
         t = task_of(made.task)
         k = self.check_k(t.name, k)
 
-        def folder_for(col_k: int) -> Path:
-            if col_k not in made.folders:
+        def folder_for(method: Method) -> Path:
+            if method.collective:
+                raise AdapterSettingMismatchError("your adapter was trained on the task-adapted base; the two-stage "
+                                                  "column needs one trained on the collective base")
+            if method.k not in made.folders:
                 raise AdapterSettingMismatchError(f"your adapter was trained for k={', '.join(map(str, made.folders))}"
-                                                  f": train it again with k={col_k}")
-            return Path(made.folders[col_k])
+                                                  f": train it again with k={method.k}")
+            return Path(made.folders[method.k])
 
         out = self.answer(t, free_text_fields(t, free_text), made.history, None, k, f"made-{made.id}", answers,
-                          contrastive, folder_for)
+                          contrastive, two_stage, folder_for)
         out.user = made.user
         return out
 
     def answer(self, t: Task, fields: dict[str, str], history: list[dict[str, Any]], gold: str | None, k: int,
-               key: str, answers: str, contrastive: bool, folder_for: FolderFor) -> Comparison:
-        """Every column's answer to one query: each with the base of its k and, for OPPU, the adapter
-        ``folder_for(k)`` if it was trained with that k (``key`` names it among the resident adapters)."""
+               key: str, answers: str, contrastive: bool, two_stage: bool, folder_for: FolderFor) -> Comparison:
+        """Every column's answer to one query: each with the base of its k (the two-stage column: the collective
+        base) and, for OPPU, the adapter ``folder_for(method)`` if it was trained with that k (``key`` names it
+        among the resident adapters)."""
         mode = ANSWER_MODES.get(answers, answers)
         if mode not in ("generate", "labels"):
             raise SpaceError(f"answers are generated or label-scored, not {answers!r}")
         retrieved = BM25Retriever(t, history).retrieve(t.query_text(fields), k)
-        columns = [*SPACE_COLUMNS, SPACE_CONTRASTIVE] if contrastive else list(SPACE_COLUMNS)
+        columns = [*SPACE_COLUMNS, *[SPACE_CONTRASTIVE] * contrastive, *[SPACE_TWO_STAGE] * two_stage]
         results = [mark(t, self.column(t, c, k, fields, retrieved, key, folder_for, mode), gold) for c in columns]
         notes = list(dict.fromkeys(r.note for r in results if r.note))
         return Comparison(t.name, key, k, t.query_text(fields), gold, mode if t.labels else "generate", results,
@@ -353,15 +368,21 @@ class Backend:
         out = ColumnAnswer(column.name, column.label, method.name)
         with self._lock:
             try:
-                generator = self.generator(t.name, method.k)
                 adapter, folder = None, None
                 if method.oppu:
-                    folder = folder_for(method.k)
+                    folder = folder_for(method)  # first: a missing adapter is a note, not a base load
+                base_template = self.config.two_stage_base_dir if method.collective else self.config.base_dir
+                base_dir = self.config.fill(base_template, t.name, method.k)
+                if method.collective and not Path(base_dir).is_dir():
+                    raise AdapterNotFoundError(f"no collective base in {base_dir}: train one with oppu-hub "
+                                               f"train-collective (make demo does)")
+                generator = self.generator(t.name, method.k, base_template)
+                if folder is not None:
                     check_setting(AdapterRecord.from_folder(folder), k=method.k, profile=False, hint="")
                     adapter = generator.load(folder, f"{adapter_name(key)}-k{method.k}")
                 # The method's decoding as eval runs it (label scoring, contrastive decoding, generation).
                 config = PredictConfig(task=t.name, data_dir=self.config.data_dir, split=self.config.split,
-                                       base_dir=self.config.fill(self.config.base_dir, t.name, method.k),
+                                       base_dir=base_dir,
                                        adapters_dir=str(folder) if folder else None, method=method.name,
                                        answers=answers, max_prompt_length=self.config.max_prompt_length, batch_size=1)
             except (SpaceError, AdapterNotFoundError, ValueError) as e:

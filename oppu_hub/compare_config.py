@@ -48,6 +48,9 @@ class SpaceConfig:
         k: the retrieval depth shown first (when it is offered).
         ks: the retrieval depths offered; default: those whose bases and adapters are found in the ``{variant}``
             folders (a Hub base or store cannot be listed: then 0 and ``k``).
+        two_stage_base_dir / two_stage_adapters_dir: the optional two-stage column's collective base (a LoRA on the
+            training users' histories merged into the k=0 base: ``oppu-hub train-collective``) and the users'
+            adapters trained on it (folders, ``{task}``/``{variant}`` as above; ``make demo`` links both).
         predictions_dir: prediction files of ``np-k0`` and ``oppu-k0`` (``oppu-hub eval`` / ``make demo``) from
             which the first query shown is chosen: the first where the user's adapter changes the base's answer.
             Without them a few users' queries are answered at start-up (``probe_users``).
@@ -71,6 +74,14 @@ class SpaceConfig:
         default_factory=lambda: os.environ.get("OPPU_HUB_STORE", "runs/demo/space/users/{task}/{variant}-lora"),
         metadata={"help": "users' adapters folder ({task} and {variant} are replaced) or a store spec "
                           "hub:NAMESPACE (env OPPU_HUB_STORE)"})
+    two_stage_base_dir: str = field(
+        default_factory=lambda: os.environ.get("OPPU_HUB_TWO_STAGE_BASE",
+                                               "runs/demo/space/base/{task}/{variant}-collective-train"),
+        metadata={"help": "the two-stage column's collective base folder (env OPPU_HUB_TWO_STAGE_BASE)"})
+    two_stage_adapters_dir: str = field(
+        default_factory=lambda: os.environ.get("OPPU_HUB_TWO_STAGE_ADAPTERS",
+                                               "runs/demo/space/users/{task}/{variant}-two-stage-lora"),
+        metadata={"help": "users' adapters trained on that base, a folder (env OPPU_HUB_TWO_STAGE_ADAPTERS)"})
     task: str = field(default_factory=lambda: os.environ.get("OPPU_HUB_TASK", "LaMP-2N"),
                       metadata={"help": "task shown first (env OPPU_HUB_TASK)"})
     split: str = field(default="test", metadata={"help": "split whose users and queries are shown"})

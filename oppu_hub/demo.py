@@ -34,13 +34,17 @@ def run_demo(config: DemoConfig) -> tuple[dict[str, Any], dict[str, Path]]:
 
 def link_space_paths(work: Path, rows: list[dict[str, Any]]) -> None:
     """Point ``{work}/space/base/{task}/{variant}`` and ``{work}/space/users/{task}/{variant}-lora`` (the Space's
-    defaults) at the content-addressed bases and adapters of the OPPU columns (replacing older links atomically)."""
+    defaults) at the content-addressed bases and adapters of the OPPU columns, and, when the demo ran
+    ``two-stage-kN``, ``.../{variant}-collective-train`` and ``.../{variant}-two-stage-lora`` at the collective base
+    and the adapters on it (the Space's two-stage column), replacing older links atomically."""
     for row in rows:
-        if not row.get("method", "").startswith("oppu-") or not row.get("adapters"):
+        method = row.get("method", "")
+        if not method.startswith(("oppu-", "two-stage-k")) or not row.get("adapters"):
             continue
         adapters, base = Path(row["adapters"]), Path(row["base"])
+        name = adapters.name.replace("-lora", "-two-stage-lora") if method.startswith("two-stage") else adapters.name
         for link, target in ((work / "space" / "base" / row["task"] / base.name, base),
-                             (work / "space" / "users" / row["task"] / adapters.name, adapters)):
+                             (work / "space" / "users" / row["task"] / name, adapters)):
             link.parent.mkdir(parents=True, exist_ok=True)
             tmp = link.with_name(f".{link.name}.{os.getpid()}")
             tmp.unlink(missing_ok=True)

@@ -193,8 +193,11 @@ SPACE_COLUMNS = (
     SpaceColumn("OPPU", "Base + user adapter (OPPU)", "oppu", retrieves=False),
     SpaceColumn("OPPU + RAG", "OPPU + retrieval", "oppu", retrieves=True),
 )
-# The Space's optional fifth column: OPPU + retrieval with contrastive personal decoding (eval's ``oppu-cd-kN``).
+# The Space's optional columns: OPPU + retrieval with contrastive personal decoding (eval's ``oppu-cd-kN``), and
+# collective then personal (``two-stage-k0``: the user's residual adapter on the collective base of training users).
 SPACE_CONTRASTIVE = SpaceColumn("OPPU-CD", "OPPU + retrieval, contrastive decoding", "oppu-cd", retrieves=True)
+SPACE_TWO_STAGE = SpaceColumn("two-stage", "Collective base + user residual (two-stage)", "two-stage",
+                              retrieves=False)
 
 __all__ = ["DEFAULT_METHODS", "FAMILIES", "GROUP_ORDER", "SMALL_METHODS", "SPACE_COLUMNS", "SPACE_CONTRASTIVE",
-           "TABLE2_METHODS", "Method", "SpaceColumn", "parse_method"]
+           "SPACE_TWO_STAGE", "TABLE2_METHODS", "Method", "SpaceColumn", "parse_method"]

@@ -35,12 +35,13 @@ from oppu_hub.compare_view import (
     retrieved_table,
     shorten,
 )
-from oppu_hub.methods import SPACE_COLUMNS, SPACE_CONTRASTIVE
+from oppu_hub.methods import SPACE_COLUMNS, SPACE_CONTRASTIVE, SPACE_TWO_STAGE
 from oppu_hub.tasks import get_task
 
 PAPER = "https://arxiv.org/abs/2402.04401"
 RETRIEVED = "Retrieved history (BM25, best first)"
-COLUMNS = (*SPACE_COLUMNS, SPACE_CONTRASTIVE)
+OPTIONAL = (SPACE_CONTRASTIVE, SPACE_TWO_STAGE)  # columns shown when their checkbox is ticked
+COLUMNS = (*SPACE_COLUMNS, *OPTIONAL)
 # An answer's box framed by its mark (compare_view.answer_detail): green right, red wrong, amber dashed off the labels.
 CSS = """
 .oppu-col:has(.oppu-mark-right) textarea { border: 2px solid #16a34a !important; background: #f0fdf4 !important; }
@@ -83,15 +84,16 @@ def chart(frame: pd.DataFrame | None) -> Any:
 
 
 def render(comparison: Comparison | None, message: str = "", task: str = "LaMP-2N") -> list[Any]:
-    """The comparison's outputs (:func:`answer_columns`): head, five answers, five detail lines (marks, method,
-    latency), the fifth column's visibility, the retrieved items' visibility (none at k=0) and the items;
+    """The comparison's outputs (:func:`answer_columns`): head, six answers, six detail lines (marks, method,
+    latency), the optional columns' visibility, the retrieved items' visibility (none at k=0) and the items;
     ``message`` (no comparison) replaces the stale answers with one line."""
     if comparison is None:
-        return [f"**⚠ {message}**", *[""] * (2 * len(COLUMNS)), gr.skip(), gr.Column(visible=False), table(task)]
+        return [f"**⚠ {message}**", *[""] * (2 * len(COLUMNS)), *[gr.skip()] * len(OPTIONAL),
+                gr.Column(visible=False), table(task)]
     by_name = {c.name: c for c in comparison.columns}
     boxes = [answer_text(by_name[c.name]) if c.name in by_name else "" for c in COLUMNS]
     details = [answer_detail(by_name[c.name]) if c.name in by_name else "" for c in COLUMNS]
-    return [head_markdown(comparison), *boxes, *details, gr.Column(visible=SPACE_CONTRASTIVE.name in by_name),
+    return [head_markdown(comparison), *boxes, *details, *[gr.Column(visible=c.name in by_name) for c in OPTIONAL],
             gr.Column(visible=bool(comparison.retrieved)), table(comparison.task, comparison)]
 
 
@@ -169,10 +171,10 @@ class Page:
         return [gr.Dropdown(visible=held_out), gr.Markdown(visible=held_out), gr.Textbox(visible=not held_out)]
 
     def compare(self, task: str, user: str, mode: str, qid: str | None, free_text: str, k: float, answers: str,
-                contrastive: bool, oauth: gr.OAuthToken | None) -> list[Any]:
+                contrastive: bool, two_stage: bool, oauth: gr.OAuthToken | None) -> list[Any]:
         try:
             return render(self.backend.compare(task, user, mode, qid, free_text, k, self.visitor(oauth), answers,
-                                               contrastive))
+                                               contrastive, two_stage))
         except SpaceError as e:
             return render(None, str(e), task)
 
@@ -180,7 +182,7 @@ class Page:
                 oauth: gr.OAuthToken | None) -> list[Any]:
         """A clicked example: its user's view, then its comparison."""
         selected = self.on_user(task, user, qid)
-        return [*selected[:4], *self.compare(task, user, mode, qid, free_text, k, GENERATE, False, oauth)]
+        return [*selected[:4], *self.compare(task, user, mode, qid, free_text, k, GENERATE, False, False, oauth)]
 
     def examples(self, task: str) -> tuple[list[list[Any]], list[str]]:
         """The query shown first, the user's other queries and one free-text query: rows and labels."""
@@ -221,10 +223,10 @@ class Page:
             made.remove()  # a session keeps its latest adapter only
         return made_markdown(new), new
 
-    def compare_made(self, query: str, k: float, answers: str, contrastive: bool, made: MadeAdapter | None
-                     ) -> list[Any]:
+    def compare_made(self, query: str, k: float, answers: str, contrastive: bool, two_stage: bool,
+                     made: MadeAdapter | None) -> list[Any]:
         try:
-            return render(self.backend.compare_made(made, query, k, answers, contrastive))
+            return render(self.backend.compare_made(made, query, k, answers, contrastive, two_stage))
         except SpaceError as e:
             return render(None, str(e), made.task if made else self.config.task)
 
@@ -276,31 +278,36 @@ def quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def decoding(task: str) -> tuple[Any, Any]:
-    """How a tab's columns decode: generated or label-scored answers (label tasks), and the contrastive column."""
+def decoding(task: str) -> tuple[Any, Any, Any]:
+    """How a tab's columns decode: generated or label-scored answers (label tasks); the optional columns."""
     with gr.Row():
         answers = gr.Radio([GENERATE, LABELS], value=GENERATE, label="Answers", scale=1,
                            visible=bool(get_task(task).labels),
                            info="generate them, or score each of the task's labels and take the best")
         contrastive = gr.Checkbox(label="Add a column: OPPU + retrieval with contrastive decoding (oppu-cd: the "
                                         "adapter's log-probabilities minus half the base's)", scale=1)
-    return answers, contrastive
+        two_stage = gr.Checkbox(label="Add a column: two-stage (a LoRA trained on the training users' histories, "
+                                      "merged into the base, plus this user's residual adapter on it; no other "
+                                      "evaluated user's data is in the shared part)", scale=1)
+    return answers, contrastive, two_stage
 
 
 def answer_columns(css_class: str, task: str) -> list[Any]:
-    """A comparison's outputs (those of :func:`render`): head, the five answer columns, the retrieved items."""
+    """A comparison's outputs (those of :func:`render`): head, the answer columns (the optional ones hidden), the
+    retrieved items."""
     head = gr.Markdown()
-    boxes, details, fifth = [], [], None
+    boxes, details, optional = [], [], []
     with gr.Row():
         for column in COLUMNS:
-            with gr.Column(min_width=160, visible=column is not SPACE_CONTRASTIVE, elem_classes=["oppu-col"]) as box:
+            with gr.Column(min_width=160, visible=column not in OPTIONAL, elem_classes=["oppu-col"]) as box:
                 boxes.append(gr.Textbox(label=column.label, interactive=False, elem_classes=[css_class]))
                 details.append(gr.Markdown())
-            fifth = box
+            if column in OPTIONAL:
+                optional.append(box)
     headers, _ = retrieved_table(get_task(task), None)
     with gr.Column(visible=False) as shown:
         retrieved = gr.Dataframe(headers=headers, label=RETRIEVED, interactive=False, wrap=True)
-    return [head, *boxes, *details, fifth, shown, retrieved]
+    return [head, *boxes, *details, *optional, shown, retrieved]
 
 
 def build_app(config: SpaceConfig | None = None, backend: Backend | None = None) -> gr.Blocks:
@@ -337,7 +344,7 @@ def build_app(config: SpaceConfig | None = None, backend: Backend | None = None)
                 qid_in = gr.Dropdown(view["queries"], value=view["qid"], label="Held-out query", scale=3,
                                      allow_custom_value=True)
                 free_in = gr.Textbox(label="Free-text query", lines=2, scale=3, visible=False)
-            answers_in, cd_in = decoding(first)
+            answers_in, cd_in, two_in = decoding(first)
             query_md = gr.Markdown(view["query"])
             note_md = gr.Markdown(view["note"])
             button = gr.Button("Compare", variant="primary")
@@ -374,7 +381,7 @@ def build_app(config: SpaceConfig | None = None, backend: Backend | None = None)
             with gr.Row():
                 make_query = gr.Textbox(label="Your query (an article, abstract, review...)", lines=2, scale=3)
                 make_k = k_choice(backend, first, label="Retrieval depth k", scale=1, elem_id="oppu-make-k")
-            make_answers, make_cd = decoding(first)
+            make_answers, make_cd, make_two = decoding(first)
             if sample:
                 gr.Examples([[first, str(sample[0]), sample[1]]], [make_task, upload_in, make_query],
                             example_labels=[f"the sample history + {shorten(sample[1], 60)}"],
@@ -405,14 +412,16 @@ def build_app(config: SpaceConfig | None = None, backend: Backend | None = None)
         user_in.input(quiet(page.on_user), [task_in, user_in], user_outputs, api_name="user")
         qid_in.input(quiet(page.on_query), [task_in, user_in, qid_in], query_md, api_name="query")
         mode_in.change(page.on_mode, mode_in, [qid_in, query_md, free_in], api_name=False)
-        cd_in.change(lambda on: gr.Column(visible=on), cd_in, outputs[-3], api_name=False)
-        make_cd.change(lambda on: gr.Column(visible=on), make_cd, made_outputs[-3], api_name=False)
-        button.click(quiet(page.compare), [task_in, user_in, mode_in, qid_in, free_in, k_in, answers_in, cd_in],
-                     outputs, api_name="compare")
+        for checkboxes, columns in (((cd_in, two_in), outputs), ((make_cd, make_two), made_outputs)):
+            for checkbox, box in zip(checkboxes, columns[-2 - len(OPTIONAL):-2], strict=True):
+                checkbox.change(lambda on: gr.Column(visible=on), checkbox, box, api_name=False)
+        button.click(quiet(page.compare),
+                     [task_in, user_in, mode_in, qid_in, free_in, k_in, answers_in, cd_in, two_in], outputs,
+                     api_name="compare")
         make_task.change(quiet(page.on_make_task), make_task, [make_k, sample_out, make_answers], api_name=False)
         made = make_button.click(quiet(page.make), [make_task, upload_in, make_query, make_k, made_state],
                                  [made_md, made_state], api_name="make", concurrency_limit=1, concurrency_id="train")
-        compare_made = [make_query, make_k, make_answers, make_cd, made_state]
+        compare_made = [make_query, make_k, make_answers, make_cd, make_two, made_state]
         made.success(quiet(page.compare_made), compare_made, made_outputs, api_name=False)
         again_button.click(quiet(page.compare_made), compare_made, made_outputs, api_name="compare_made")
         app.load(quiet(page.on_task), task_in, task_outputs, api_name=False)

@@ -37,7 +37,7 @@ from oppu_hub.compare_view import (
 )
 from oppu_hub.data import Question
 from oppu_hub.tasks import get_task
-from space_fixtures import write_history
+from space_fixtures import train_adapters, write_history
 
 pytest_plugins = ("space_fixtures",)
 
@@ -217,3 +217,49 @@ def test_uploads_are_checked_clearly(tmp_path):
         read("category,text\nsports,a story")
     with pytest.raises(SpaceError, match="not a JSON str"):
         read('"a story"')
+
+
+def test_two_stage_column_answers_with_the_collective_base_and_the_users_residual(space_config, space_models,
+                                                                                   tiny_base, tmp_path):
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oppu_hub.inference import Generator
+    from oppu_hub.models import load_base
+    from oppu_hub.prompts import PromptBuilder
+
+    data, _ = space_models
+    # A stand-in for a merged collective base (its training: tests/test_two_stage.py): other weights than the base.
+    collective = tmp_path / "collective" / "LaMP-2N" / "k0-collective-train"
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(collective)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(collective)
+    residuals = train_adapters(data, tmp_path / "two-stage", collective, ["u2"])
+    config = dataclasses.replace(space_config, two_stage_base_dir=str(tmp_path / "collective" / "{task}" /
+                                                                      "{variant}-collective-train"),
+                                 two_stage_adapters_dir=str(residuals / "{task}" / "{variant}-lora"))
+    backend = Backend(config)
+    out = backend.compare("LaMP-2N", "u2", HELD_OUT, "q2", "", 2, two_stage=True)
+    column = out.columns[-1]
+    assert (column.name, column.method, column.note) == ("two-stage", "two-stage-k0", None)
+    # The answer is the collective base's with u2's residual adapter, on the k=0 prompt.
+    t = get_task("LaMP-2N")
+    gen = Generator(*load_base(str(collective)))
+    name = gen.load(residuals / "LaMP-2N" / "k0-lora" / "u2")
+    prompt = PromptBuilder(t, gen.tokenizer, config.max_prompt_length).build(
+        backend.question("LaMP-2N", "u2", "q2").fields(t), [])
+    assert column.raw == gen.generate([prompt], [name], t.max_new_tokens, 1)[0]
+    assert str(collective) in backend._generators  # its own resident base beside the task-adapted one
+    # Without a residual (u3), for a visitor's own adapter, or with no collective base: a note, the rest answers.
+    assert "no adapter for user 'u3'" in backend.compare("LaMP-2N", "u3", HELD_OUT, "q3", "", 0,
+                                                         two_stage=True).columns[-1].note
+    made = backend.make_adapter("LaMP-2N", str(write_history(tmp_path / "h.jsonl")), "lantern story", ANONYMOUS, 0)
+    assert "collective base" in backend.compare_made(made, "lantern story", 0, two_stage=True).columns[-1].note
+    no_base = dataclasses.replace(config, two_stage_base_dir=str(tmp_path / "none" / "{task}" / "{variant}"))
+    plain = Backend(no_base).compare("LaMP-2N", "u2", HELD_OUT, "q2", "", 0, two_stage=True)
+    assert "no collective base" in plain.columns[-1].note and all(c.note is None for c in plain.columns[:4])

@@ -32,3 +32,25 @@ def test_demo_table_and_space_links(tiny_base, tmp_path, capsys):
         folder = next(p for p in (work / "space" / "users" / "LaMP-2N" / f"k{k}-lora").iterdir() if p.is_dir())
         assert AdapterRecord.from_folder(folder).k == k
         assert (work / "space" / "base" / "LaMP-2N" / f"k{k}").resolve() == (work / rag["base"]).resolve()
+
+
+def test_space_links_for_the_two_stage_column(tmp_path):
+    """A demo run with ``two-stage-k0`` also links the collective base and the adapters on it, where the Space's
+    two-stage column looks (``SpaceConfig`` defaults), beside the OPPU column's own."""
+    from oppu_hub.compare_config import SpaceConfig
+    from oppu_hub.demo import link_space_paths
+
+    work = tmp_path / "demo"
+    folders = {name: work / name for name in ("base/h1/LaMP-2N/k0", "users/h2/LaMP-2N/k0-lora",
+                                              "base/h3/LaMP-2N/k0-collective-train", "users/h4/LaMP-2N/k0-lora")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    base, oppu, collective, residuals = (str(f) for f in folders.values())
+    link_space_paths(work, [{"task": "LaMP-2N", "method": "oppu-k0", "base": base, "adapters": oppu},
+                            {"task": "LaMP-2N", "method": "two-stage-k0", "base": collective, "adapters": residuals},
+                            {"task": "LaMP-2N", "method": "np-k0", "base": base, "adapters": None}])
+    defaults = SpaceConfig()
+    for template, target in ((defaults.base_dir, base), (defaults.adapters_dir, oppu),
+                             (defaults.two_stage_base_dir, collective), (defaults.two_stage_adapters_dir, residuals)):
+        link = work / defaults.fill(template, "LaMP-2N", 0).removeprefix("runs/demo/")
+        assert link.resolve() == folders[target.removeprefix(f"{work}/")].resolve(), template

@@ -84,15 +84,15 @@ def test_compare_api_every_column(space):
 
     module, app, url = space
     client = Client(url, verbose=False)
-    out = client.predict("LaMP-2N", "u2", HELD_OUT, "q2", "", 2, GENERATE, True, api_name="/compare")
-    head, boxes, details, table = out[0], out[1:6], out[6:11], out[-1]
+    out = client.predict("LaMP-2N", "u2", HELD_OUT, "q2", "", 2, GENERATE, True, False, api_name="/compare")
+    head, boxes, details, table = out[0], out[1:6], out[7:12], out[-1]
     assert "user **u2**" in head and "gold: `parents`" in head and "columns right" in head
     assert all(isinstance(a, str) and a and "unavailable" not in a for a in boxes)  # the fifth: contrastive
     assert all(("✓ right" in d or "✗ wrong" in d) and "latency **" in d for d in details)
-    assert "`oppu-cd-k2`" in details[4]
+    assert "`oppu-cd-k2`" in details[4] and out[6] == out[12] == ""  # no two-stage column asked for
     assert len(table["data"]) == 2 and table["headers"] == ["rank", "BM25 score", "date", "label", "item"]
     out = client.predict("LaMP-2N", "u3", FREE_TEXT, None, "quantum story about the quantum", 0, api_name="/compare")
-    assert "gold" not in out[0] and all(out[1:5]) and out[5] == ""  # no contrastive column asked for
+    assert "gold" not in out[0] and all(out[1:5]) and out[5] == out[6] == ""  # no optional column asked for
     assert app.backend.base_loads == 1  # one base folder serves every variant here
 
 
@@ -101,7 +101,7 @@ def test_compare_problems_are_one_message(space):
     _, app, url = space
     client = Client(url, verbose=False)
     out = client.predict("LaMP-2N", "u2", FREE_TEXT, None, "  ", 2, api_name="/compare")  # no error raised
-    assert out[0].startswith("**⚠ the free-text query is empty") and not any(out[1:11])
+    assert out[0].startswith("**⚠ the free-text query is empty") and not any(out[1:13])
     with pytest.raises(Exception, match=r"1 .* is not in the list of choices: \[0, 2\]"):  # k=1 has no models
         client.predict("LaMP-2N", "u2", HELD_OUT, "q2", "", 1, api_name="/compare")
     out = client.predict("LaMP-2N", "nobody", HELD_OUT, "q2", "", 2, api_name="/compare")
@@ -121,7 +121,7 @@ def test_make_my_adapter_without_sign_in(space, tmp_path):
     assert status.startswith("**Trained** your LaMP-2N adapter (k=0 and k=2) on 6 history items")
     assert "Not pushed" in status
     out = client.predict("lantern story about the lantern", 2, api_name="/compare_made")  # the same session
-    head, boxes, details = out[0], out[1:5], out[6:10]
+    head, boxes, details = out[0], out[1:5], out[7:11]
     assert "user **you**" in head and "Warning" not in head
     assert all(b and "unavailable" not in b for b in boxes) and all("latency **" in d for d in details)
     assert all("lantern" in row[-1] for row in out[-1]["data"])  # retrieved from the upload

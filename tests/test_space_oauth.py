@@ -75,7 +75,7 @@ def choices(app, token: str | None) -> list[str]:
 
 def compare(app, user: str, token: str | None) -> list:
     mode, qid = (HELD_OUT, f"q{user[1:]}") if "/" not in user else (FREE_TEXT, None)
-    return handler(app, "compare")("LaMP-2N", user, mode, qid, QUERY, 1, GENERATE, False, oauth(token))
+    return handler(app, "compare")("LaMP-2N", user, mode, qid, QUERY, 1, GENERATE, False, False, oauth(token))
 
 
 def make(app, path: Path, token: str | None, k: int = 0) -> tuple[str, Any]:
@@ -129,8 +129,8 @@ def test_make_pushes_to_the_visitors_private_repo_and_delete_is_theirs_only(hub_
     assert record["trained_item_ids"] == ["h2", "h3", "h4", "h5"]  # the newest max_items
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=hub_env.url, token=BOB).model_info("alice/oppu-lamp-2n-alice")
-    out = handler(app, "compare_made")(QUERY, 0, GENERATE, False, made)
-    assert "unavailable" not in out[3] and "latency **" in out[8]
+    out = handler(app, "compare_made")(QUERY, 0, GENERATE, False, False, made)
+    assert "unavailable" not in out[3] and "latency **" in out[9]  # the OPPU column's answer and its detail line
 
     make(app, write_history(tmp_path / "bob.jsonl"), BOB)
     delete = handler(app, "delete")

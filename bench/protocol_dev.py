@@ -109,6 +109,18 @@ def base_curve(config: PipelineConfig, task: str, max_epochs: int, out: Path, pr
     return curve
 
 
+def base_here(config: PipelineConfig, task: str, step: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``np-k0`` on dev on the base the user rows of this machine sat on (``config``'s epochs): the curve's step
+    when this machine measured it, else measured here (a base trained on another machine, e.g. the GPU's curve
+    beside the CPU's rows, is another base, and an adapter's gain is only read against its own base)."""
+    if step.get("machine") == machine() and step.get("base"):
+        return step
+    start = time.perf_counter()
+    [row] = Pipeline(config, task).run(["np-k0"], out / f"base-{step['epochs']}ep-here")
+    return {"epochs": step["epochs"], "scores": row["scores"], "base": row["base"],
+            "seconds": round(time.perf_counter() - start, 1), "machine": machine()}
+
+
 def user_sweep(config: PipelineConfig, task: str, lrs: list[float], epochs: list[float], out: Path,
                progress: Progress) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
     """``oppu-k0`` on dev per learning rate at the task's current epochs, then the other epochs at the best rate
@@ -166,13 +178,16 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
     epochs = protocol.choose_epochs([metric_of(name, r) for r in curve], higher)
     on_base = dataclasses.replace(config, base=dataclasses.replace(config.base, num_train_epochs=float(epochs)))
     rows, best, n_queries = user_sweep(on_base, name, selection.lrs, selection.user_epochs, out, progress)
+    here = base_here(on_base, name, next(s for s in curve if s["epochs"] == epochs), out)
+    print(f"{name} np-k0 on this machine's {epochs}-epoch base: {here['scores']}; chosen user setting: "
+          f"{best['scores']}", flush=True)
     tuned = user_defaults(name)
     user = {"learning_rate": best["lr"], "num_train_epochs": best["epochs"],
             "target_modules": list(tuned.target_modules), "lora_r": best["rank"]}
     result = {"task": name, "split": config.split, "users": dev_users, "n_queries": n_queries,
               "config": settings, "data": pipeline.source_hashes(),
               "grid": {"max_epochs": selection.max_epochs, "lrs": selection.lrs, "user_epochs": selection.user_epochs},
-              "base_curve": curve, "base_epochs": epochs, "user_rows": rows, "user": user,
+              "base_curve": curve, "base_epochs": epochs, "np_k0_here": here, "user_rows": rows, "user": user,
               "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1)}
     write_json(path, result)
     progress.done()

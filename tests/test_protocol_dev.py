@@ -56,5 +56,25 @@ def test_an_interrupted_choice_resumes_from_its_partial_file(tmp_path, monkeypat
     assert result["base_epochs"] == 2 and result["user"]["learning_rate"] == 3e-3
     assert [r["lr"] for r in result["user_rows"]][:4] == [1e-4, 3e-4, 1e-3, 3e-3]
     assert all(r["base_epochs"] == 2.0 for r in result["user_rows"])
+    assert result["np_k0_here"] == kept["curve"][1]  # this machine measured the chosen base: not scored again
     assert not partial.exists()
     assert read_json(tmp_path / "out" / "protocol_dev-LaMP-2N.json")["base_epochs"] == 2
+
+
+def test_a_curve_from_another_machine_is_scored_again_on_this_base(tmp_path, monkeypatch):
+    """The GPU's base curve beside this machine's user rows: np-k0 is measured again on the base the rows sat on
+    (the same settings trained here are another base); this machine's own curve step is reused."""
+    data = make_lamp2n(tmp_path / "data", {"train": 6, "dev": 10, "test": 3}, history=3)
+    config = protocol_dev.PipelineConfig(data_dir=str(data), workdir=str(tmp_path / "work"), split="dev", users=0)
+    runs = []
+
+    def fake_run(pipeline, methods, out):
+        runs.append((methods, pipeline.config.split))
+        return [{"scores": {"accuracy": 0.7, "f1": 0.0}, "base": "base-here"}]
+
+    monkeypatch.setattr(protocol_dev.Pipeline, "run", fake_run)
+    elsewhere = {"epochs": 2, "scores": {"accuracy": 0.6, "f1": 0.0}, "base": None, "machine": "GPU elsewhere"}
+    here = protocol_dev.base_here(config, "LaMP-2N", elsewhere, tmp_path / "work")
+    assert runs == [(["np-k0"], "dev")] and here["scores"]["accuracy"] == 0.7 and here["epochs"] == 2
+    assert here["machine"] == protocol_dev.machine() and here["base"] == "base-here"
+    assert protocol_dev.base_here(config, "LaMP-2N", here, tmp_path / "work") is here and len(runs) == 1

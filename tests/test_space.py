@@ -8,10 +8,13 @@ tests/test_compare.py; the Space over a Hub store, with visitors signing in, in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gradio_client import Client, handle_file
@@ -42,10 +45,23 @@ def launch(app) -> str:
     return f"http://127.0.0.1:{app.backend.config.port}/"
 
 
-def open_browser(p):
+@contextlib.contextmanager
+def browser_page(url: str) -> Iterator[Any]:
+    """A page of headless Chromium at ``url`` (the test skips, saying why, without Playwright or Chromium)."""
+    try:
+        from playwright.sync_api import sync_playwright  # optional: the browser tests skip without it
+    except ImportError:
+        pytest.skip("playwright is not installed (.venv/bin/pip install playwright)")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(url)  # not "networkidle": the session's heartbeat stream stays open
+            yield page
+        finally:
+            browser.close()
 
 
 def screenshot(page, path: Path, tab: str | None = None) -> None:
@@ -128,80 +144,60 @@ def test_make_my_adapter_without_sign_in(space, tmp_path):
 
 
 def test_browser_compare(space, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright  # optional: the browser tests skip without it
-    except ImportError:
-        pytest.skip("playwright is not installed (.venv/bin/pip install playwright)")
     _, app, url = space
-    with sync_playwright() as p:
-        browser = open_browser(p)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(url)  # not "networkidle": the session's heartbeat stream stays open
-            page.get_by_text("Gold answer").wait_for(timeout=30_000)
-            # the history chart draws its bars on first load, with no event
-            page.locator("#oppu-history-plot .mark-rect path").first.wait_for(timeout=30_000)
-            assert page.locator("#oppu-history-plot .mark-rect path").count() == 1  # u2: one label
-            # the k control offers only the depths with trained models
-            assert page.locator("#oppu-k label").all_inner_texts() == ["k=0", "k=2"]
-            assert page.get_by_role("button", name="Sign in with Hugging Face").count() == 0  # nobody signs in
-            # a clickable example fills the query in and compares at once; each answer is marked
-            page.get_by_text(", free text:").first.click()
-            page.wait_for_function("[...document.querySelectorAll('.oppu-compare textarea')].slice(0, 4)"
-                                   ".every(t => t.value)", timeout=60_000)
-            assert page.get_by_label("Free-text query").is_visible()
-            assert not page.get_by_text("Gold answer").is_visible()  # free text: no held-out query, no gold
-            page.get_by_label("held-out query").check()
-            page.get_by_text("Gold answer").wait_for(timeout=10_000)
-            page.get_by_role("button", name="Compare", exact=True).click()
-            page.get_by_text("columns right").wait_for(timeout=60_000)
-            marked = ".oppu-col:has(.oppu-mark-right, .oppu-mark-wrong) .oppu-compare textarea"
-            assert page.locator(marked).count() == 4
-            screenshot(page, tmp_path / "compare.png", "compare")
-            # LaMP-4 has no labels: no chart, no label column, items cut at a word
-            page.get_by_label("Task").first.click()
-            page.get_by_role("option", name="LaMP-4").click()
-            page.get_by_text("latest:").wait_for(timeout=30_000)
-            assert not page.locator("#oppu-history-plot").is_visible()
-            assert page.locator("#oppu-k label").all_inner_texts() == ["k=0"]
-            if GAINS.is_file():
-                page.get_by_role("tab", name="Leaderboard: per-user gains").click()
-                page.get_by_text("It covers").wait_for(timeout=10_000)
-                screenshot(page, tmp_path / "gains.png", "gains")
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.get_by_text("Gold answer").wait_for(timeout=30_000)
+        # the history chart draws its bars on first load, with no event
+        page.locator("#oppu-history-plot .mark-rect path").first.wait_for(timeout=30_000)
+        assert page.locator("#oppu-history-plot .mark-rect path").count() == 1  # u2: one label
+        # the k control offers only the depths with trained models
+        assert page.locator("#oppu-k label").all_inner_texts() == ["k=0", "k=2"]
+        assert page.get_by_role("button", name="Sign in with Hugging Face").count() == 0  # nobody signs in
+        # a clickable example fills the query in and compares at once; each answer is marked
+        page.get_by_text(", free text:").first.click()
+        page.wait_for_function("[...document.querySelectorAll('.oppu-compare textarea')].slice(0, 4)"
+                               ".every(t => t.value)", timeout=60_000)
+        assert page.get_by_label("Free-text query").is_visible()
+        assert not page.get_by_text("Gold answer").is_visible()  # free text: no held-out query, no gold
+        page.get_by_label("held-out query").check()
+        page.get_by_text("Gold answer").wait_for(timeout=10_000)
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_text("columns right").wait_for(timeout=60_000)
+        marked = ".oppu-col:has(.oppu-mark-right, .oppu-mark-wrong) .oppu-compare textarea"
+        assert page.locator(marked).count() == 4
+        screenshot(page, tmp_path / "compare.png", "compare")
+        # LaMP-4 has no labels: no chart, no label column, items cut at a word
+        page.get_by_label("Task").first.click()
+        page.get_by_role("option", name="LaMP-4").click()
+        page.get_by_text("latest:").wait_for(timeout=30_000)
+        assert not page.locator("#oppu-history-plot").is_visible()
+        assert page.locator("#oppu-k label").all_inner_texts() == ["k=0"]
+        if GAINS.is_file():
+            page.get_by_role("tab", name="Leaderboard: per-user gains").click()
+            page.get_by_text("It covers").wait_for(timeout=10_000)
+            screenshot(page, tmp_path / "gains.png", "gains")
 
 
 def test_browser_make_my_adapter(space, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright  # optional: the browser tests skip without it
-    except ImportError:
-        pytest.skip("playwright is not installed (.venv/bin/pip install playwright)")
     _, app, url = space
-    with sync_playwright() as p:
-        browser = open_browser(p)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(url)
-            page.get_by_role("tab", name="Make my adapter").click()
-            assert page.locator("#oppu-make-k label").all_inner_texts() == ["k=0", "k=2"]
-            page.locator("#oppu-upload input[type=file]").set_input_files(str(write_history(tmp_path / "h.jsonl")))
-            page.get_by_label("Your query").fill("lantern story about the lantern")
-            page.evaluate("""() => {  // every progress text gradio shows while training
-                window.progress = [];
-                new MutationObserver(() => document.querySelectorAll('.progress-text, .progress-level')
-                    .forEach(e => window.progress.push(e.innerText))).observe(document.body,
-                    {subtree: true, childList: true, characterData: true});
-            }""")
-            page.get_by_role("button", name="Train my adapter").click()
-            page.get_by_text("Not pushed").wait_for(timeout=120_000)
-            page.wait_for_function("[...document.querySelectorAll('.oppu-made textarea')].slice(0, 4)"
-                                   ".every(t => t.value)", timeout=60_000)
-            values = answers(page, "oppu-made")[:4]
-            assert not any(v.startswith("(unavailable)") for v in values), values  # all four columns answer
-            shown = page.evaluate("window.progress")
-            steps = {s for s in shown if "step" in s}
-            assert len(steps) > 3, shown  # the bar advanced step by step
-            screenshot(page, tmp_path / "make.png", "make")
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.get_by_role("tab", name="Make my adapter").click()
+        assert page.locator("#oppu-make-k label").all_inner_texts() == ["k=0", "k=2"]
+        page.locator("#oppu-upload input[type=file]").set_input_files(str(write_history(tmp_path / "h.jsonl")))
+        page.get_by_label("Your query").fill("lantern story about the lantern")
+        page.evaluate("""() => {  // every progress text gradio shows while training
+            window.progress = [];
+            new MutationObserver(() => document.querySelectorAll('.progress-text, .progress-level')
+                .forEach(e => window.progress.push(e.innerText))).observe(document.body,
+                {subtree: true, childList: true, characterData: true});
+        }""")
+        page.get_by_role("button", name="Train my adapter").click()
+        page.get_by_text("Not pushed").wait_for(timeout=120_000)
+        page.wait_for_function("[...document.querySelectorAll('.oppu-made textarea')].slice(0, 4)"
+                               ".every(t => t.value)", timeout=60_000)
+        values = answers(page, "oppu-made")[:4]
+        assert not any(v.startswith("(unavailable)") for v in values), values  # all four columns answer
+        shown = page.evaluate("window.progress")
+        steps = {s for s in shown if "step" in s}
+        assert len(steps) > 3, shown  # the bar advanced step by step
+        screenshot(page, tmp_path / "make.png", "make")

@@ -20,7 +20,7 @@ import pytest
 from gradio_client import Client, handle_file
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
-from test_space import free_port, launch, open_browser, screenshot
+from test_space import browser_page, free_port, launch, screenshot
 
 from hub_server import ALICE, BOB
 from oppu_hub.cli.space import load_app
@@ -215,43 +215,32 @@ def test_gradio_client_anonymous_and_signed_in(hub_space, tmp_path):
 
 
 def test_browser_sign_in_make_and_delete(hub_space, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright  # optional: the browser tests skip without it
-    except ImportError:
-        pytest.skip("playwright is not installed (.venv/bin/pip install playwright)")
     app, hub_env = hub_space
-    url = launch(app)
-    with sync_playwright() as p:
-        browser = open_browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url)
-            page.get_by_role("tab", name="Delete my adapter").click()
-            page.get_by_text("Sign in with Hugging Face to see and delete").wait_for(timeout=20_000)
-            assert page.get_by_label("I understand").is_disabled()  # nothing to do before signing in
-            assert page.get_by_role("button", name="Delete my adapter").is_disabled()
-            page.get_by_role("button", name="Sign in with Hugging Face").click()
-            page.get_by_role("button", name="Logout (alice)").wait_for(timeout=30_000)
-            page.get_by_role("tab", name="Make my adapter").click()
-            upload = write_history(tmp_path / "history.jsonl")
-            page.locator("#oppu-upload input[type=file]").set_input_files(str(upload))
-            page.get_by_label("Your query").fill(QUERY)
-            page.get_by_role("button", name="Train my adapter").click()  # for k=0 and k=1
-            page.get_by_text("to your private repo").wait_for(timeout=120_000)
-            page.wait_for_function("[...document.querySelectorAll('.oppu-made textarea')].slice(0, 4)"
-                                   ".every(t => t.value)", timeout=30_000)
-            values = page.eval_on_selector_all(".oppu-made textarea", "ts => ts.map(t => t.value)")[:4]
-            assert not any(v.startswith("(unavailable)") for v in values), values  # all four columns answer
-            assert hub_env.hub.repos["alice/oppu-lamp-2n-alice"].private
+    with browser_page(launch(app)) as page:
+        page.get_by_role("tab", name="Delete my adapter").click()
+        page.get_by_text("Sign in with Hugging Face to see and delete").wait_for(timeout=20_000)
+        assert page.get_by_label("I understand").is_disabled()  # nothing to do before signing in
+        assert page.get_by_role("button", name="Delete my adapter").is_disabled()
+        page.get_by_role("button", name="Sign in with Hugging Face").click()
+        page.get_by_role("button", name="Logout (alice)").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Make my adapter").click()
+        upload = write_history(tmp_path / "history.jsonl")
+        page.locator("#oppu-upload input[type=file]").set_input_files(str(upload))
+        page.get_by_label("Your query").fill(QUERY)
+        page.get_by_role("button", name="Train my adapter").click()  # for k=0 and k=1
+        page.get_by_text("to your private repo").wait_for(timeout=120_000)
+        page.wait_for_function("[...document.querySelectorAll('.oppu-made textarea')].slice(0, 4)"
+                               ".every(t => t.value)", timeout=30_000)
+        values = page.eval_on_selector_all(".oppu-made textarea", "ts => ts.map(t => t.value)")[:4]
+        assert not any(v.startswith("(unavailable)") for v in values), values  # all four columns answer
+        assert hub_env.hub.repos["alice/oppu-lamp-2n-alice"].private
 
-            page.get_by_role("tab", name="Delete my adapter").click()
-            page.get_by_role("listitem").get_by_text("alice/oppu-lamp-2n-alice").wait_for(timeout=20_000)
-            page.get_by_label("I understand").check()
-            page.get_by_role("button", name="Delete my adapter").click()
-            page.get_by_text("Deleted alice/oppu-lamp-2n-alice with all revisions.").wait_for(timeout=20_000)
-            page.get_by_text("has no adapter repo").wait_for(timeout=20_000)
-            assert not page.get_by_label("I understand").is_checked()  # unticked after a delete
-            screenshot(page, tmp_path / "delete.png", "delete")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Delete my adapter").click()
+        page.get_by_role("listitem").get_by_text("alice/oppu-lamp-2n-alice").wait_for(timeout=20_000)
+        page.get_by_label("I understand").check()
+        page.get_by_role("button", name="Delete my adapter").click()
+        page.get_by_text("Deleted alice/oppu-lamp-2n-alice with all revisions.").wait_for(timeout=20_000)
+        page.get_by_text("has no adapter repo").wait_for(timeout=20_000)
+        assert not page.get_by_label("I understand").is_checked()  # unticked after a delete
+        screenshot(page, tmp_path / "delete.png", "delete")
     assert "alice/oppu-lamp-2n-alice" not in hub_env.hub.repos

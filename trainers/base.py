@@ -23,7 +23,7 @@ from oppu_hub.prompts import PromptBuilder, completion, history_examples, query_
 from oppu_hub.tasks import get_task
 
 from .base_config import BaseTaskConfig
-from .common import final_loss, last_checkpoint, set_threads, sft_config
+from .common import STEP_CHECKPOINTS, final_loss, last_checkpoint, set_threads, sft_config
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def train_base(config: BaseTaskConfig) -> Path:
     remove_stale_temps(target.parent)
     work_dir = target.parent / f".{target.name}.work"
     trainer = BaseTaskTrainer(
-        model=model, args=sft_config(config, work_dir, len(rows)), train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer, peft_config=config.peft_config())
+        model=model, args=sft_config(config, work_dir, len(rows), **STEP_CHECKPOINTS),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=config.peft_config())
     trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     record = {
         "task": task.name, "variant": config.variant, "k": config.k, "profile": config.profile,

@@ -30,7 +30,7 @@ from oppu_hub.tasks import get_task
 
 from .base import BASE_RECORD, BaseTaskTrainer, check_base_record, read_base_record
 from .collective_config import CollectiveConfig
-from .common import check_training, final_loss, last_checkpoint, set_threads, sft_config
+from .common import STEP_CHECKPOINTS, check_training, final_loss, last_checkpoint, set_threads, sft_config
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def train_collective(config: CollectiveConfig) -> Path:
     work_dir = target.parent / f".{target.name}.work"
     rows = [row for _, row in examples]
     trainer = BaseTaskTrainer(
-        model=model, args=sft_config(config, work_dir, len(rows)), train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer, peft_config=config.peft_config())
+        model=model, args=sft_config(config, work_dir, len(rows), **STEP_CHECKPOINTS),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=config.peft_config())
     trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     ids = sorted(item_id for item_id, _ in examples)
     splits = ["train"] if config.users == "train" else []

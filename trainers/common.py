@@ -96,6 +96,11 @@ def sft_config(config: TrainingConfig, output_dir: str | Path, num_rows: int, **
     return SFTConfig(**args)
 
 
+# Shared runs (the task-adapted base, the collective stage) take up to an hour on CPU: they checkpoint every tenth
+# of their steps, so a stopped session loses little; a user's run is short and checkpoints per epoch.
+STEP_CHECKPOINTS: dict[str, Any] = {"save_strategy": "steps", "save_steps": 0.1}
+
+
 def last_checkpoint(work_dir: str | Path) -> str | None:
     """The newest ``checkpoint-N`` folder under ``work_dir`` (an interrupted run resumes from it)."""
     work_dir = Path(work_dir)

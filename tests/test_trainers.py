@@ -341,6 +341,41 @@ def test_base_task_adaptation_merges_and_records(data, tiny_base, tmp_path):
     shutil.rmtree(folder)
 
 
+def test_an_interrupted_base_resumes_mid_epoch(data, tiny_base, tmp_path, monkeypatch):
+    """A base run stopped after its third step's checkpoint (of 10 in one epoch) resumes from that step, not from
+    the start of the epoch, and merges the weights of an uninterrupted run."""
+    from trainers.base import BaseTaskTrainer
+
+    class Stopped(Exception):
+        pass
+
+    def config(out):
+        return BaseTaskConfig(**{**FAST, "data_dir": str(data), "base_model": str(tiny_base), "output_dir": str(out),
+                                 "k": 1, "num_train_epochs": 1, "learning_rate": 0.01})
+
+    reference = train_base(config(tmp_path / "reference"))
+    save, saved = BaseTaskTrainer._save_checkpoint, []
+
+    def stop_after_third(self, *a, **kw):
+        save(self, *a, **kw)
+        saved.append(self.state.global_step)
+        if saved == [1, 2, 3]:
+            raise Stopped
+
+    monkeypatch.setattr(BaseTaskTrainer, "_save_checkpoint", stop_after_third)
+    with pytest.raises(Stopped):
+        train_base(config(tmp_path / "stopped"))
+    work = tmp_path / "stopped" / "LaMP-2N" / ".k1.work"
+    # a checkpoint every tenth of the 10 steps, the newest kept
+    assert saved == [1, 2, 3] and [p.name for p in work.glob("checkpoint-*")] == ["checkpoint-3"]
+    saved.clear()
+    folder = train_base(config(tmp_path / "stopped"))
+    assert saved == list(range(4, 11)) and not work.exists()  # steps 4-10 only
+    ours, theirs = load_file(folder / "model.safetensors"), load_file(reference / "model.safetensors")
+    for key, tensor in theirs.items():
+        assert torch.allclose(ours[key], tensor, rtol=1e-4, atol=1e-6), (key, (ours[key] - tensor).abs().max())
+
+
 def test_push_to_hub_pushes_each_finished_adapter(data, tiny_base, tmp_path):
     from oppu_hub.store import open_store
 

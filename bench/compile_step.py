@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from _report import save_report  # noqa: E402
 
-from oppu_hub.models import load_base  # noqa: E402
-from trainers.common import bf16_available, set_threads  # noqa: E402
+from oppu_hub.models import bf16_available, load_base  # noqa: E402
+from trainers.common import set_threads  # noqa: E402
 from trainers.multi_lora import Route, multi_lora  # noqa: E402
 
 

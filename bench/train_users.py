@@ -38,12 +38,12 @@ from oppu_hub.adapters import AdapterRecord  # noqa: E402
 from oppu_hub.data import load_task_split  # noqa: E402
 from oppu_hub.inference import PredictConfig, predict  # noqa: E402
 from oppu_hub.metrics import score  # noqa: E402
-from oppu_hub.models import load_base, model_fingerprint, resolve_base  # noqa: E402
+from oppu_hub.models import bf16_available, load_base, model_fingerprint, resolve_base  # noqa: E402
 from oppu_hub.prompts import PromptBuilder  # noqa: E402
 from oppu_hub.tasks import get_task  # noqa: E402
 from oppu_hub.tuned import user_settings  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
-from trainers.common import bf16_available, max_length, set_threads  # noqa: E402
+from trainers.common import max_length, set_threads  # noqa: E402
 from trainers.rows import tokenize_rows  # noqa: E402
 from trainers.runs import Workspace  # noqa: E402
 

@@ -246,10 +246,12 @@ def adapter_name(user_id: str) -> str:
 def check_base(record: AdapterRecord, base_fingerprint: str, *, where: str = "") -> None:
     """Raise :class:`AdapterBaseMismatchError` unless the adapter was trained on this base."""
     if record.base_fingerprint != base_fingerprint:
+        quantized = bool(record.training.get("load_in_4bit"))
         raise AdapterBaseMismatchError(
             f"adapter {where or record.user_id!r} was trained on base {record.base_model!r} "
-            f"(fingerprint {record.base_fingerprint}) but the loaded base has fingerprint {base_fingerprint}; "
-            f"load the base it was trained on")
+            f"(fingerprint {record.base_fingerprint}{', quantized to NF4' if quantized else ''}) but the loaded "
+            f"base has fingerprint {base_fingerprint}; load the base it was trained on"
+            f"{' with --load_in_4bit' if quantized else ''}")
 
 
 def check_setting(record: AdapterRecord, *, k: int, profile: bool, history_format: str = "full",

@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 
-from trainers.common import bf16_available
-
 from .data import read_predictions
 from .io import read_json, write_json
 from .leaderboard import build_table, write_table
 from .methods import Method, parse_method
 from .metrics import score
+from .models import bf16_available
 from .pipeline import Pipeline, config_hash, hashable
 from .pipeline_config import EvalConfig
 from .retrieval import RANDOM_HISTORY_VERSION

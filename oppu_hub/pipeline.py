@@ -53,9 +53,16 @@ _UNHASHED = {"output_dir", "overwrite", "logging_steps", "data_dir", "profiles_d
              "push_to_hub", "hub_store", "update", "base_dir", "concurrent"}
 
 
+# Fields added after artifacts were cached, with their defaults: hashed only when set, so the folders of artifacts
+# trained without them keep their names.
+_HASHED_WHEN_SET = {"load_in_4bit": False}
+
+
 def hashable(cfg: Any) -> dict[str, Any]:
-    """The fields of a training config that identify what it trains (all but :data:`_UNHASHED`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNHASHED}
+    """The fields of a training config that identify what it trains (all but :data:`_UNHASHED`, and the fields of
+    :data:`_HASHED_WHEN_SET` at their defaults)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in _UNHASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
 
 
 def config_hash(obj: Any, n: int = 12) -> str:

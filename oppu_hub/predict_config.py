@@ -27,6 +27,8 @@ class PredictConfig(DecodingOptions):
         output: prediction file (LaMP format); default ``{base_dir}/predictions/...``.
         batch_size: prompts per ``generate`` call.
         max_adapters: resident adapters at most (LRU).
+        load_in_4bit: load the base quantized to NF4 (bitsandbytes), as adapters trained with
+            ``train-users --load_in_4bit`` need.
         contrastive: contrastive personal decoding of each user's adapter against the base (needs adapters).
         prior: label scores shifted by each user's label prior (classification and rating tasks).
         answers / contrast_* / prior_*: :class:`~oppu_hub.decoding_config.DecodingOptions`.
@@ -55,6 +57,7 @@ class PredictConfig(DecodingOptions):
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     max_prompt_length: int = field(default=384, metadata={"help": "token budget of one prompt"})
     max_adapters: int = field(default=16, metadata={"help": "resident adapters at most (LRU)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load the base quantized to NF4 (bitsandbytes)"})
     seed: int = field(default=0, metadata={"help": "seed of the random-history baseline"})
     contrastive: bool = field(default=False, metadata={"help": "contrastive decoding against the base"})
     prior: bool = field(default=False, metadata={"help": "label scores + each user's label prior"})

@@ -38,19 +38,24 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A 2-layer random Llama with the SmolLM2 vocabulary, saved as a model folder."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
+
+
+def make_tiny_llama(folder: Path, tokenizer_dir: Path, hidden_size: int = 32) -> Path:
+    """Save a 2-layer random Llama of ``hidden_size`` (MLP twice as wide) with the SmolLM2 vocabulary in
+    ``folder``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -33,10 +33,3 @@ def test_fingerprint_tells_weights_apart(tiny_base):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(BaseModelError, match="cannot load base model"):
         load_base(str(tmp_path / "no-such-model"))
-
-
-def test_4bit_needs_cuda(tiny_base):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(BaseModelError, match="load_in_4bit needs CUDA"):
-        load_base(BaseModelConfig(str(tiny_base), load_in_4bit=True))

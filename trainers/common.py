@@ -17,19 +17,9 @@ import torch
 from tqdm.auto import tqdm
 from trl import SFTConfig
 
+from oppu_hub.models import bf16_available
+
 from .training_config import TrainingConfig
-
-
-def bf16_available() -> bool:
-    """Whether training in bf16 is fast here: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
 
 WARMUP_RATIO = 0.05
 MIN_WARMUP_RUN = 20  # optimizer steps; shorter runs get no warmup

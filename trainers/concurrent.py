@@ -70,9 +70,10 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, read_json
+from oppu_hub.models import bf16_available
 
 from .adamw import SlotAdamW
-from .common import MAX_BATCH_TOKENS, bf16_available, lr_factor, max_length, slots_that_fit, step_bar
+from .common import MAX_BATCH_TOKENS, lr_factor, max_length, slots_that_fit, step_bar
 from .multi_lora import MultiLoraLinear, Route, lora_key, lora_matrices, multi_lora, slot_weights
 from .peft_types import PEFT_TYPES, type_name
 from .rows import IGNORE, Row, batch_plan, collate, micro_batches, tokenize_rows

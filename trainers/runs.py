@@ -198,7 +198,8 @@ class Workspace:
     def load(cls, config: UserAdapterConfig, split: LampSplit | None = None) -> Workspace:
         split = split or load_task_split(config.data_dir, config.task, config.split)
         task = split.task
-        model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32"))
+        model, tokenizer = load_base(BaseModelConfig(config.base_dir, dtype="float32",
+                                                     load_in_4bit=config.load_in_4bit))
         profiles = ProfileStore(config.profiles_dir, task) if config.profile else None
         return cls(config, split, model, tokenizer, model_fingerprint(model), profiles,
                    PromptBuilder(task, tokenizer, config.max_prompt_length))

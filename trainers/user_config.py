@@ -36,6 +36,8 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
             :data:`trainers.common.MAX_AUTO_SLOTS`; ``N`` = N at a time; ``1`` = one after another with
             ``UserAdapterTrainer``. IA3 and prompt tuning always train one after another
             (:data:`trainers.peft_types.PEFT_TYPES` says which types train concurrently).
+        load_in_4bit: train on the base quantized to NF4 (QLoRA; :class:`oppu_hub.models.BaseModelConfig`). The
+            adapters are tied to that quantized base: predict with ``--load_in_4bit`` too.
     """
 
     base_dir: str = field(default="runs/base/LaMP-2N/k0", metadata={"help": "task-adapted base folder"})
@@ -51,6 +53,8 @@ class UserAdapterConfig(TrainingConfig, PeftOptions):
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size"})
     concurrent: int = field(default=0, metadata={
         "help": "LoRA users trained together: 0 = as many as fit (at most 8; 64 on a GPU), 1 = one by one"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "train on the base quantized to NF4 (QLoRA, bitsandbytes); predict with --load_in_4bit too"})
 
     @classmethod
     def for_task(cls, task: str, **fields: Any) -> UserAdapterConfig:

@@ -3,8 +3,9 @@
 # every training user's examples for their dev-chosen epochs, adapters on users' whole histories up to the cap):
 # the rebuilt LaMP tasks with 3 queries per user, up to 40 test users per task (all of LaMP-2M and LaMP-3), the
 # label-prior / BM25-copy / pooled-adapter baselines beside np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap
-# intervals over users; then a second table (OUT-labels) with label-scored answers for LaMP-1, 2N, 2M and 3. The
-# settings are the eval's defaults: nothing here re-declares them.
+# intervals over users; then a second table (OUT-labels) with label-scored answers for LaMP-1, 2N, 2M and 3, and a
+# third (OUT-decoding) with contrastive personal decoding for LaMP-4, 5 and 7. The settings are the eval's defaults:
+# nothing here re-declares them.
 # The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
 # a task whose rows in $OUT/rows/ match the settings, the data and the bases/adapters those settings name is not
@@ -25,7 +26,15 @@ TASKS=${TASKS:-LaMP-2N LaMP-2M LaMP-3 LaMP-7 LaMP-4 LaMP-1 LaMP-5}
 # The second table: the classification and rating tasks' model columns with label-scored answers, and the
 # calibrated user prior (same bases and adapters: predictions only).
 LABELED=$(for t in $TASKS; do case $t in LaMP-1|LaMP-2N|LaMP-2M|LaMP-3) printf '%s ' "$t";; esac; done)
-[ -z "$LABELED" ] && exit 0
+if [ -n "$LABELED" ]; then
+  # shellcheck disable=SC2086
+  "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-labels" --tasks $LABELED \
+    --methods np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 prior-np-k0 oppu-prior-k0 --users 40 --answers labels "$@"
+fi
+# The third: the generation tasks' users' adapters decoded contrastively against their base (same bases and
+# adapters: predictions only).
+GENERATED=$(for t in $TASKS; do case $t in LaMP-4|LaMP-5|LaMP-7) printf '%s ' "$t";; esac; done)
+[ -z "$GENERATED" ] && exit 0
 # shellcheck disable=SC2086
-exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-labels" --tasks $LABELED \
-  --methods np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 prior-np-k0 oppu-prior-k0 --users 40 --answers labels "$@"
+exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-decoding" --tasks $GENERATED \
+  --methods np-k0 rag-k1 oppu-k0 oppu-k1 oppu-cd-k0 oppu-cd-k1 --users 40 "$@"

@@ -18,15 +18,18 @@ class DecodingOptions:
             :mod:`oppu_hub.label_scoring`; generation tasks always generate).
         contrast_alpha / contrast_beta: contrastive personal decoding (:mod:`oppu_hub.decoding`): the weight of
             the base's log-probabilities subtracted from the personal model's, and the plausibility threshold;
-            used by methods ``oppu-cd-kN`` (eval) and ``predict --contrastive``. Not yet chosen on dev.
+            used by methods ``oppu-cd-kN`` (eval) and ``predict --contrastive``. ``contrast_alpha`` was chosen on
+            dev users of LaMP-4 and LaMP-7 from 0.1 / 0.3 / 0.5 / 1 (``bench/decoding_dev.py``,
+            ``bench/results/decoding_dev.json``); ``contrast_beta`` is CoPe's 0.1, not swept.
         prior_weight / prior_smoothing: the calibrated user prior on label scores (:mod:`oppu_hub.priors`): its
             weight and the pseudo-counts of the global prior in a user's; used by methods ``prior-np-kN`` and
-            ``oppu-prior-kN`` (eval) and ``predict --prior``. Not yet chosen on dev.
+            ``oppu-prior-kN`` (eval) and ``predict --prior``. ``prior_weight`` was chosen on LaMP-2N's dev users
+            (``prior-np-k0``) from 0.25 / 0.5 / 1 / 2 by the same script; ``prior_smoothing`` is not swept.
     """
 
     answers: Answers = field(default="generate", metadata={"help": "generate | labels (score the task's labels)"})
     contrast_alpha: float = field(default=0.5, metadata={
         "help": "contrastive decoding: weight of the base's log-probabilities"})
     contrast_beta: float = field(default=0.1, metadata={"help": "contrastive decoding: plausibility threshold"})
-    prior_weight: float = field(default=1.0, metadata={"help": "weight of the user's label log-prior ratio"})
+    prior_weight: float = field(default=0.5, metadata={"help": "weight of the user's label log-prior ratio"})
     prior_smoothing: float = field(default=2.0, metadata={"help": "pseudo-counts of the global prior in a user's"})

@@ -36,7 +36,7 @@ from oppu_hub import protocol
 from oppu_hub.cli import ConfigParser
 from oppu_hub.evaluation import machine
 from oppu_hub.io import read_json, write_json
-from oppu_hub.pipeline import Pipeline
+from oppu_hub.pipeline import Pipeline, without_unset
 from oppu_hub.pipeline_config import PipelineConfig
 from oppu_hub.tasks import get_task
 from oppu_hub.tuned import user_defaults
@@ -162,17 +162,18 @@ def select(config: PipelineConfig, selection: SelectionConfig, task: str) -> dic
         return None
     path = Path(selection.out) / f"protocol_dev-{name}.json"
     settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    training = {stage: without_unset(settings[stage]) for stage in ("base", "user")}
     if path.exists() and not selection.redo:
         done = read_json(path)
         recorded = done.get("config", {})
-        if ([recorded.get("base"), recorded.get("user"), done.get("data")]
-                == [settings["base"], settings["user"], pipeline.source_hashes()]):  # the same training and data
+        if ({stage: without_unset(recorded.get(stage) or {}) for stage in training} == training
+                and done.get("data") == pipeline.source_hashes()):  # the same training and data
             print(f"{name}: chosen already ({path}; --redo chooses again)", flush=True)
             return done
     out = Path(config.workdir) / "protocol_dev" / name
     start = time.perf_counter()
     progress = Progress.load(path.with_suffix(".partial.json"),
-                             {"base": settings["base"], "user": settings["user"], "data": pipeline.source_hashes()})
+                             {**training, "data": pipeline.source_hashes()})
     curve = base_curve(config, name, selection.max_epochs, out, progress)
     higher = get_task(name).higher_is_better
     epochs = protocol.choose_epochs([metric_of(name, r) for r in curve], higher)

@@ -58,11 +58,16 @@ _UNHASHED = {"output_dir", "overwrite", "logging_steps", "data_dir", "profiles_d
 _HASHED_WHEN_SET = {"load_in_4bit": False}
 
 
+def without_unset(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` (a training config as a dict) without those of :data:`_HASHED_WHEN_SET` at their defaults: a
+    record written before such a field existed compares equal to today's config."""
+    return {k: v for k, v in fields.items() if not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
+
+
 def hashable(cfg: Any) -> dict[str, Any]:
     """The fields of a training config that identify what it trains (all but :data:`_UNHASHED`, and the fields of
     :data:`_HASHED_WHEN_SET` at their defaults)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in _UNHASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
+    return without_unset({k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNHASHED})
 
 
 def config_hash(obj: Any, n: int = 12) -> str:

@@ -78,3 +78,21 @@ def test_a_curve_from_another_machine_is_scored_again_on_this_base(tmp_path, mon
     assert runs == [(["np-k0"], "dev")] and here["scores"]["accuracy"] == 0.7 and here["epochs"] == 2
     assert here["machine"] == protocol_dev.machine() and here["base"] == "base-here"
     assert protocol_dev.base_here(config, "LaMP-2N", here, tmp_path / "work") is here and len(runs) == 1
+
+
+def test_a_choice_recorded_before_a_new_setting_existed_still_stands(tmp_path, monkeypatch):
+    """A field added to the training configs later (``load_in_4bit``), at its default, does not make a recorded
+    choice look like one of other settings (it would be chosen again: hours on a CPU); set, it does."""
+    data = make_lamp2n(tmp_path / "data", {"train": 6, "dev": 10, "test": 3}, history=3)
+    config = protocol_dev.PipelineConfig(data_dir=str(data), workdir=str(tmp_path / "work"), split="dev", users=0)
+    selection = protocol_dev.SelectionConfig(tasks=["LaMP-2N"], out=str(tmp_path / "out"), record=False)
+    monkeypatch.setattr(protocol_dev.Pipeline, "run", lambda *a: pytest.fail("chose again"))
+    path = tmp_path / "out" / "protocol_dev-LaMP-2N.json"
+    settings = protocol_dev.json.loads(protocol_dev.json.dumps(protocol_dev.dataclasses.asdict(config)))
+    del settings["user"]["load_in_4bit"]  # as written before the field existed
+    data_hashes = protocol_dev.Pipeline(config, "LaMP-2N").source_hashes()
+    protocol_dev.write_json(path, {"config": settings, "data": data_hashes, "base_epochs": 2})
+    assert protocol_dev.select(config, selection, "LaMP-2N")["base_epochs"] == 2
+    config.user.load_in_4bit = True
+    with pytest.raises(pytest.fail.Exception, match="chose again"):
+        protocol_dev.select(config, selection, "LaMP-2N")

@@ -1,12 +1,14 @@
 """bench/protocol_dev.py: a choice cut short resumes from its partial file without redoing a finished step."""
 
+import dataclasses
 import importlib.util
+import json
 import sys
 
 import pytest
 
 from conftest import REPO, make_lamp2n
-from oppu_hub.io import read_json
+from oppu_hub.io import read_json, write_json
 
 
 def _load(name: str):
@@ -88,10 +90,10 @@ def test_a_choice_recorded_before_a_new_setting_existed_still_stands(tmp_path, m
     selection = protocol_dev.SelectionConfig(tasks=["LaMP-2N"], out=str(tmp_path / "out"), record=False)
     monkeypatch.setattr(protocol_dev.Pipeline, "run", lambda *a: pytest.fail("chose again"))
     path = tmp_path / "out" / "protocol_dev-LaMP-2N.json"
-    settings = protocol_dev.json.loads(protocol_dev.json.dumps(protocol_dev.dataclasses.asdict(config)))
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
     del settings["user"]["load_in_4bit"]  # as written before the field existed
     data_hashes = protocol_dev.Pipeline(config, "LaMP-2N").source_hashes()
-    protocol_dev.write_json(path, {"config": settings, "data": data_hashes, "base_epochs": 2})
+    write_json(path, {"config": settings, "data": data_hashes, "base_epochs": 2})
     assert protocol_dev.select(config, selection, "LaMP-2N")["base_epochs"] == 2
     config.user.load_in_4bit = True
     with pytest.raises(pytest.fail.Exception, match="chose again"):

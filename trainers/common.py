@@ -56,11 +56,16 @@ def max_length(config: TrainingConfig) -> int:
     return config.max_prompt_length + COMPLETION_TOKENS
 
 
+def trains_in_bf16(config: TrainingConfig) -> bool:
+    """Whether ``config`` trains in bf16: asked for, or ``auto`` where bf16 is fast (:func:`bf16_available`)."""
+    return config.precision == "bf16" or (config.precision == "auto" and bf16_available())
+
+
 def sft_config(config: TrainingConfig, output_dir: str | Path, num_rows: int, **overrides: Any) -> SFTConfig:
     """An ``SFTConfig`` for ``config`` over ``num_rows`` training examples: CPU when there is no CUDA, no
     activation checkpointing (small models), warmup by :func:`warmup_steps`, no external reporting, one
     checkpoint kept (for resume)."""
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
+    bf16 = trains_in_bf16(config)
     args: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=config.learning_rate,

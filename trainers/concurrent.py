@@ -70,10 +70,9 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from oppu_hub.io import atomic_dir, read_json
-from oppu_hub.models import bf16_available
 
 from .adamw import SlotAdamW
-from .common import MAX_BATCH_TOKENS, lr_factor, max_length, slots_that_fit, step_bar
+from .common import MAX_BATCH_TOKENS, lr_factor, max_length, slots_that_fit, step_bar, trains_in_bf16
 from .multi_lora import MultiLoraLinear, Route, lora_key, lora_matrices, multi_lora, slot_weights
 from .peft_types import PEFT_TYPES, type_name
 from .rows import IGNORE, Row, batch_plan, collate, micro_batches, tokenize_rows
@@ -145,7 +144,7 @@ class ConcurrentLoraTrainer:
         self.device = next(model.parameters()).device
         self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS.get(self.device.type, 2048)
         self.max_length = max_length(config)
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available())
+        self.bf16 = trains_in_bf16(config)
         self.route = Route()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -4,7 +4,8 @@
 # the rebuilt LaMP tasks with 3 queries per user, up to 40 test users per task (all of LaMP-2M and LaMP-3), the
 # label-prior / BM25-copy / pooled-adapter baselines beside np-k0, rag-k1, oppu-k0 and oppu-k1, and paired bootstrap
 # intervals over users; then a second table (OUT-labels) with label-scored answers for LaMP-1, 2N, 2M and 3, and a
-# third (OUT-decoding) with contrastive personal decoding for LaMP-4, 5 and 7. The settings are the eval's defaults:
+# third (OUT-decoding) with contrastive personal decoding for LaMP-4, 5 and 7, and a fourth (OUT-two-stage) with the
+# two-stage (collective then personal) adapters on every task. The settings are the eval's defaults:
 # nothing here re-declares them.
 # The table, the LaMP-format prediction/gold files and each finished task's rows go to $OUT (committed:
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
@@ -34,7 +35,15 @@ fi
 # The third: the generation tasks' users' adapters decoded contrastively against their base (same bases and
 # adapters: predictions only).
 GENERATED=$(for t in $TASKS; do case $t in LaMP-4|LaMP-5|LaMP-7) printf '%s ' "$t";; esac; done)
-[ -z "$GENERATED" ] && exit 0
+if [ -n "$GENERATED" ]; then
+  # shellcheck disable=SC2086
+  "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-decoding" --tasks $GENERATED \
+    --methods np-k0 rag-k1 oppu-k0 oppu-k1 oppu-cd-k0 oppu-cd-k1 --users 40 "$@"
+fi
+# The fourth: collective then personal (a collective LoRA merged into the k=0 base, then the users' adapters on
+# it), against the per-user adapters, the pooled control and the user-prior baseline (label-scored: classification
+# and rating tasks only), each with its paired interval. Trains two collective bases and their users' adapters.
 # shellcheck disable=SC2086
-exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-decoding" --tasks $GENERATED \
-  --methods np-k0 rag-k1 oppu-k0 oppu-k1 oppu-cd-k0 oppu-cd-k1 --users 40 "$@"
+exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-two-stage" --tasks $TASKS \
+  --methods np-k0 prior-np-k0 oppu-k0 oppu-k1 pooled-k0 two-stage-k0 two-stage-pooled-k0 --users 40 \
+  --references oppu-k0 oppu-k1 pooled-k0 prior-np-k0 "$@"

@@ -47,7 +47,7 @@ def machine() -> str:
     return f"{device}, {platform.system()} {platform.release()}, bf16 {'yes' if bf16_available() else 'no'}"
 
 
-_TABLE_ONLY = {"tasks", "out_dir", "resamples", "bootstrap_seed", "reuse_only"}
+_TABLE_ONLY = {"tasks", "out_dir", "references", "resamples", "bootstrap_seed", "reuse_only"}
 
 
 def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
@@ -94,6 +94,11 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
     its meta records each task's compute seconds (kept with the task's rows, so a resumed run still reports the
     time the reused rows took) and their sum."""
     methods = [parse_method(m) for m in config.methods]
+    names = [m.name for m in methods]
+    references = None if config.references is None else [parse_method(r).name for r in config.references]
+    if stray := [r for r in references or () if r not in names]:
+        raise ValueError(f"reference {stray[0]!r} is not one of the methods run ({' '.join(names)}): add it to "
+                         f"--methods")
     tasks = [get_task(t) for t in config.tasks]
     if not tasks:
         raise ValueError("no task to evaluate: give --tasks")
@@ -113,7 +118,8 @@ def run_eval(config: EvalConfig) -> tuple[dict[str, Any], dict[str, Path], list[
             print(f"{task.name}: {len(methods)} methods, {seconds[task.name]:.0f} s of compute", flush=True)
         if done is not None or i == len(tasks) - 1:
             not_run = [t.name for t in tasks[:i + 1] if t.name not in seconds]
-            table = {**build_table(rows, resamples=config.resamples, seed=config.bootstrap_seed), "not_run": not_run}
+            table = {**build_table(rows, references=references, resamples=config.resamples,
+                                       seed=config.bootstrap_seed), "not_run": not_run}
             meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                     "task_machines": machines, "task_seconds": seconds,
                     "wall_seconds": round(sum(seconds.values()), 1), "config": dataclasses.asdict(config),

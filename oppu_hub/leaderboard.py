@@ -16,20 +16,24 @@ from .stats import LEVEL, Interval, PairedBootstrap
 from .tasks import TASKS, get_task
 
 
-def build_table(rows: Sequence[dict[str, Any]], *, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def build_table(rows: Sequence[dict[str, Any]], *, references: Sequence[str] | None = None, resamples: int = 1000,
+                seed: int = 0) -> dict[str, Any]:
     """Table 2's layout from the result rows of :meth:`~oppu_hub.pipeline.Pipeline.run` (``task``, ``method``,
     ``scores`` and the ``predictions`` / ``golds`` / ``query_users`` files it wrote).
 
     One column per method in the paper's order (baselines first); two rows per task (its two metrics), each with
     the evaluated queries and users (``n``), the best method(s) (lower is better for MAE and RMSE) and, under
-    ``deltas[reference][method]``, the method's difference to each reference (``np-k0`` and the RAG method with the
-    smallest k, when run) with a paired bootstrap confidence interval over users (:class:`PairedBootstrap`:
-    ``resamples`` draws, ``seed``); ``significant`` says the interval excludes 0 on the better side.
+    ``deltas[reference][method]``, the method's difference to each reference (``references``, default ``np-k0``
+    and the RAG method with the smallest k; those not run are left out) with a paired bootstrap confidence interval
+    over users (:class:`PairedBootstrap`: ``resamples`` draws, ``seed``); ``significant`` says the interval excludes
+    0 on the better side.
     """
     methods = sorted({parse_method(r["method"]) for r in rows}, key=Method.sort_key)
     names = [m.name for m in methods]
-    rag = next((m.name for m in methods if m.family == "rag"), None)  # methods are sorted: the smallest k
-    references = [ref for ref in ("np-k0", rag) if ref in names]
+    if references is None:
+        rag = next((m.name for m in methods if m.family == "rag"), None)  # methods are sorted: the smallest k
+        references = ("np-k0", rag)
+    references = [ref for ref in dict.fromkeys(references) if ref in names]
     tasks = sorted({r["task"] for r in rows}, key=lambda t: list(TASKS).index(get_task(t).name))
     table_rows = []
     for name in tasks:

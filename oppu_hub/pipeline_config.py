@@ -96,6 +96,8 @@ class EvalConfig(PipelineConfig):
         methods: methods to run (columns, :mod:`oppu_hub.methods`), e.g. ``np-k0 rag-k1 oppu-k1`` (default: the
             baselines, the paper's Table 2 and ``pooled-k0``/``pooled-k1``).
         out_dir: where ``leaderboard.{md,csv,json}`` go (default ``{workdir}/results``).
+        references: the methods every column is compared with, each with its paired interval (default ``np-k0``
+            and the RAG method with the smallest k); table-only, as the bootstrap settings.
         resamples / bootstrap_seed: the paired bootstrap over users behind the table's confidence intervals.
         reuse_only: run nothing; tasks without finished rows for these settings are listed as not run.
     """
@@ -105,6 +107,9 @@ class EvalConfig(PipelineConfig):
                                metadata={"help": "methods (columns): majority user-majority bm25-copy np-k0 "
                                                  "random-kN rag-kN pag-kN pooled-kN oppu-kN pag-oppu-kN"})
     out_dir: str | None = field(default=None, metadata={"help": "table folder (default {workdir}/results)"})
+    references: list[str] | None = field(default=None, metadata={
+        "help": "methods each column is compared with, with paired intervals (default: np-k0 and the smallest-k "
+                "RAG)"})
     resamples: int = field(default=1000, metadata={"help": "bootstrap resamples of the users (confidence intervals)"})
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resamples"})
     reuse_only: bool = field(default=False, metadata={

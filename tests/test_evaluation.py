@@ -131,6 +131,13 @@ def test_table_n_intervals_and_bold_only_for_significant_gains(tmp_path):
     renamed = [{**r, "method": {"rag-k1": "rag-k4", "oppu-k1": "rag-k2"}.get(r["method"], r["method"])}
                for r in rows]
     assert build_table(renamed, resamples=50)["references"] == ["np-k0", "rag-k2"]
+    # Chosen references (the two-stage table's): in the order given, each compared with every other column.
+    chosen = build_table(rows, references=["pooled-k1", "oppu-k1", "pooled-k1"], resamples=500, seed=1)
+    assert chosen["references"] == ["pooled-k1", "oppu-k1"]
+    assert list(chosen["rows"][0]["deltas"]) == ["pooled-k1", "oppu-k1"]
+    assert chosen["rows"][0]["deltas"]["pooled-k1"]["oppu-k1"]["diff"] == 0.25  # u3's two queries of 8
+    against_oppu = chosen["rows"][0]["deltas"]["oppu-k1"]["np-k0"]
+    assert against_oppu["diff"] == -0.75 and not against_oppu["significant"]  # a loss is never marked a gain
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +213,14 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
         assert main([*args, "--resamples", "20"]) == 0
         assert json.loads((work / "results" / "leaderboard.json").read_text())["meta"]["task_seconds"] == {
             "LaMP-2N": seconds}
+        # The references are a table setting too; one that is not a column is refused.
+        assert main([*args, "--references", "pooled-k0", "OPPU-k0"]) == 0
+        chosen = json.loads((work / "results" / "leaderboard.json").read_text())
+        assert chosen["references"] == ["pooled-k0", "oppu-k0"] and set(chosen["rows"][0]["deltas"]) == {
+            "pooled-k0", "oppu-k0"}
+        capsys.readouterr()
+        assert main([*args, "--references", "oppu-k1"]) == 2
+        assert "reference 'oppu-k1' is not one of the methods run" in capsys.readouterr().err
         # --reuse_only tabulates the finished tasks and lists the others (LaMP-3 has no rows) as not run.
         tasks = args.index("--tasks") + 1
         assert main([*args[:tasks], "LaMP-2N", "LaMP-3", *args[tasks + 1:], "--reuse_only"]) == 0

@@ -5,7 +5,8 @@ adapter (``train-users``, unchanged) as a personal residual. Its config is
 
 The merged folder's ``oppu_base.json`` names both stages: ``task_adapted`` (the base it started from: folder,
 fingerprint and that base's own record) and ``collective`` (whose histories, how many users, items and examples,
-the items left out as evaluated queries, the data's hash and the settings). Its ``task``, ``k`` and ``profile`` are
+the items left out as evaluated queries, the data's hash, the loss, the training seconds (of the last run, when it
+resumed) and the settings). Its ``task``, ``k`` and ``profile`` are
 the task-adapted base's, so :func:`trainers.base.check_base_record` accepts it wherever it accepts that base, and
 its ``base_model`` is that base's folder (model cards follow it down to the pretrained model)."""
 
@@ -100,7 +101,7 @@ def train_collective(config: CollectiveConfig) -> Path:
     trainer = BaseTaskTrainer(
         model=model, args=sft_config(config, work_dir, len(rows), **STEP_CHECKPOINTS),
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=config.peft_config())
-    trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
+    output = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     ids = sorted(item_id for item_id, _ in examples)
     splits = ["train"] if config.users == "train" else []
     splits += [config.split] if config.split else []
@@ -115,7 +116,8 @@ def train_collective(config: CollectiveConfig) -> Path:
             "num_users": len(histories), "num_items": sum(len(h) for h in histories.values()),
             "left_out_queries": left_out, "num_examples": len(rows),
             "items": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
-            "train_loss": final_loss(trainer.state.log_history), "config": dataclasses.asdict(config)},
+            "train_loss": final_loss(trainer.state.log_history),
+            "train_seconds": round(output.metrics["train_runtime"], 1), "config": dataclasses.asdict(config)},
     }
     trainer.save_merged(target, record, overwrite=config.overwrite)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -23,10 +23,13 @@ def cpu_flags() -> list[str]:
 
 
 def save_report(path: str | Path, **payload: Any) -> Path:
-    """Write ``payload`` to ``path`` as JSON, with the date, machine, CPU flags, torch threads and command line."""
+    """Write ``payload`` to ``path`` as JSON, with the date, machine, CPU flags, torch threads, the GPU and CUDA
+    version (where there is one) and the command line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(date=dt.datetime.now().isoformat(timespec="seconds"), machine=machine(), cpu_flags=cpu_flags(),
                 threads=torch.get_num_threads(), torch=torch.__version__, command=" ".join(sys.argv))
+    if torch.cuda.is_available():
+        meta.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
     path.write_text(json.dumps({**meta, **payload}, indent=2))
     return path

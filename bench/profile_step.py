@@ -30,6 +30,7 @@ from _report import save_report  # noqa: E402
 from train_users import MODES, workload  # noqa: E402
 
 from oppu_hub.models import resolve_base  # noqa: E402
+from oppu_hub.tasks import get_task  # noqa: E402
 from trainers import UserAdapterConfig, train_users  # noqa: E402
 from trainers.common import set_threads  # noqa: E402
 
@@ -68,6 +69,7 @@ def breakdown(prof, wall_s: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="/tmp/bench-data")
+    parser.add_argument("--task", default="LaMP-2N")
     parser.add_argument("--base", default="SmolLM2-135M-Instruct")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--history", type=int, default=16)
@@ -76,7 +78,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench/results/profile_step.json"))
     args = parser.parse_args()
     set_threads()
-    common = workload(args.data_dir, resolve_base(args.base), args.users, args.history, args.epochs)
+    common = workload(args.data_dir, get_task(args.task), resolve_base(args.base), args.users, args.history,
+                      args.epochs)
     scratch = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     results = {}
     for mode in args.modes:

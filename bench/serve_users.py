@@ -113,6 +113,8 @@ def main() -> None:
     out = args.out or str(REPO / "bench/results" / ("serve_users.json" if task.name == "LaMP-2N"
                                                     else f"serve_users-{task.name}.json"))
     users = load_task_split(args.data_dir, task, "test").user_ids[:args.users]
+    if len(users) < args.users:
+        raise SystemExit(f"{task.name} has {len(users)} test users, not {args.users}")
     queries = load_task_split(args.data_dir, task, "train").questions[:args.requests]
     model, tokenizer = load_base(base)
     builder = PromptBuilder(task, tokenizer, 384)

@@ -39,6 +39,7 @@ from .analyses_config import (
     PeftTypeConfig,
     RetrievedItemsConfig,
 )
+from .costs import method_costs
 from .data import LampSplit, Question, newest_items
 from .gains import active_levels, user_gains
 from .io import read_json, safe_name
@@ -285,6 +286,7 @@ RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "behaviour-shift": behaviour_shift,
     "active-levels": active_levels,
     "user-gains": user_gains,
+    "method-costs": method_costs,
     "retrieved-items": retrieved_items,
     "peft-similarity": peft_similarity,
     "peft-type": peft_type,

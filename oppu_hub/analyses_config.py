@@ -132,6 +132,8 @@ ANALYSES: dict[str, tuple[type[AnalysisConfig], str]] = {
     "active-levels": (ActiveLevelsConfig, "Figure 3: gains per user-activity bucket, from a leaderboard's files"),
     "user-gains": (LeaderboardAnalysisConfig,
                    "how many users a method helps / hurts / leaves unchanged, from a leaderboard's files"),
+    "method-costs": (LeaderboardAnalysisConfig,
+                     "training seconds and bytes of each trained method, from the artifacts a leaderboard names"),
     "retrieved-items": (RetrievedItemsConfig, "Figure 5: RAG vs RAG+OPPU for k retrieved items"),
     "peft-similarity": (PeftSimilarityConfig, "Figure 4: cosine similarity of users' adapters"),
     "peft-type": (PeftTypeConfig, "Figure 7: LoRA vs IA3 vs prompt tuning"),

@@ -19,7 +19,7 @@ from .tasks import get_task
 
 # --- writing -----------------------------------------------------------------------------------------------
 def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def write_result(config: AnalysisConfig, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]],

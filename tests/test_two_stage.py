@@ -186,3 +186,16 @@ def test_eval_two_stage_columns(data, tiny_base, tmp_path, monkeypatch):
     # A second run finds every artifact by its hash: nothing is trained or predicted again.
     trained.clear()
     assert main(args) == 0 and trained == []
+    # What each column's training cost, from the artifacts the table names.
+    assert main(["analyze", "method-costs", "--leaderboard", str(work / "results"), "--tasks", "LaMP-2N",
+                 "--out_dir", str(tmp_path / "analyses")]) == 0
+    costs = json.loads((tmp_path / "analyses" / "method-costs.json").read_text())
+    by_method = {r[1]: dict(zip(costs["header"], r, strict=True)) for r in costs["rows"]}
+    assert list(by_method) == ["oppu-k0", "two-stage-k0", "two-stage-pooled-k0"]
+    adapter_kb = round((Path(rows["oppu-k0"]["adapters"]) / "u3" / "adapter_model.safetensors").stat().st_size / 1e3, 1)
+    for method, examples in [("oppu-k0", None), ("two-stage-k0", 4), ("two-stage-pooled-k0", 6)]:
+        cost = by_method[method]
+        assert (cost["users"], cost["items per user"], cost["adapter KB per user"]) == (2, 3, adapter_kb)
+        assert cost["s per user"] > 0 and cost["shared examples"] == examples
+        assert (cost["shared s"] is None) == (examples is None) and (cost["shared MB"] is None) == (examples is None)
+    assert by_method["two-stage-k0"]["shared s"] > 0 and by_method["two-stage-k0"]["shared MB"] > 0.1  # a whole model

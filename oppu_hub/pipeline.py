@@ -353,13 +353,18 @@ class Pipeline:
         if all(is_complete(out / safe_name(u)) for u in cfg.users):
             return out
         write_json(Path(cfg.output_dir) / "eval_config.json", hashed)
+        start = time.perf_counter()
         report = train_users(cfg)
         if report.failed:
             raise RuntimeError(f"{self.task.name}: adapters failed for {report.failed}")
-        timings_path = out / "timings.json"
+        # Each user's seconds (its slot's wall time: users trained side by side overlap) and each run's wall time.
+        timings_path, runs_path = out / "timings.json", out / "train_runs.json"
         timings = read_json(timings_path) if timings_path.exists() else {}
         timings.update({u: report.seconds[u] for u in report.trained + report.updated})
         write_json(timings_path, timings)
+        runs = read_json(runs_path) if runs_path.exists() else []
+        write_json(runs_path, [*runs, {"users": len(report.trained + report.updated),
+                                       "seconds": round(time.perf_counter() - start, 1)}])
         if self.on_train and (report.trained or report.updated):
             self.on_train("users", out)
         return out

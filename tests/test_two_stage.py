@@ -130,7 +130,7 @@ def test_collective_base_carries_stage_a_and_names_both_stages(stages, tiny_base
     collective = record["collective"]
     assert (collective["users"], collective["split"], collective["num_users"], collective["num_items"],
             collective["left_out_queries"], collective["num_examples"]) == ("train", "test", 3, 15, 1, 15)
-    assert set(collective["data"]) == {"train", "test"} and collective["train_loss"] > 0 < collective["train_seconds"]
+    assert set(collective["data"]) == {"train", "test"} and collective["train_loss"] > 0 <= collective["train_seconds"]
     assert collective["config"]["learning_rate"] == 0.02 and collective["config"]["base_dir"] == str(adapted)
     assert pretrained_base(str(merged)) == str(tiny_base)  # model cards follow both stages down
     check_base_record(merged, "LaMP-2N", k=0, profile=False)  # accepted as the task-adapted base is
@@ -196,6 +196,7 @@ def test_eval_two_stage_columns(data, tiny_base, tmp_path, monkeypatch):
     for method, examples in [("oppu-k0", None), ("two-stage-k0", 4), ("two-stage-pooled-k0", 6)]:
         cost = by_method[method]
         assert (cost["users"], cost["items per user"], cost["adapter KB per user"]) == (2, 3, adapter_kb)
-        assert cost["s per user"] > 0 and cost["shared examples"] == examples
+        # Seconds are recorded (a tiny model's may round to 0.0).
+        assert cost["s per user (slot)"] >= 0 <= cost["users' runs s"] and cost["shared examples"] == examples
         assert (cost["shared s"] is None) == (examples is None) and (cost["shared MB"] is None) == (examples is None)
-    assert by_method["two-stage-k0"]["shared s"] > 0 and by_method["two-stage-k0"]["shared MB"] > 0.1  # a whole model
+    assert by_method["two-stage-k0"]["shared s"] >= 0 and by_method["two-stage-k0"]["shared MB"] > 0.1  # a model

@@ -20,6 +20,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from trainers.base import read_base_record
+
 from .adapters import AdapterRecord
 from .analyses_config import LeaderboardAnalysisConfig
 from .io import read_json, safe_name
@@ -52,7 +54,7 @@ def method_cost(method: str, base: Path, adapters: Path, users: Iterable[str]) -
                     shared_seconds=_timings(adapters.parent).get(adapters.name))
         return cost
     if m.collective:
-        stage = read_json(base / "oppu_base.json")["collective"]
+        stage = read_base_record(base)["collective"]
         cost.update(shared_examples=stage["num_examples"], shared_seconds=stage.get("train_seconds"),
                     shared_bytes=_bytes(base))
     folders = [adapters / safe_name(u) for u in dict.fromkeys(users)]

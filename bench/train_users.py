@@ -110,7 +110,9 @@ def main() -> None:
     for mode in args.modes:
         sequential = MODES[mode]["concurrent"] == 1
         users = common["users"][:args.sequential_users] if sequential else common["users"]
-        work = works.setdefault(len(users), training_flops(shape, [r for u in users for r in rows[u]], args.epochs))
+        if len(users) not in works:
+            works[len(users)] = training_flops(shape, [r for u in users for r in rows[u]], args.epochs)
+        work = works[len(users)]
         golds = {q.id: q.gold for u in users for q in split.user_questions(u)}
         config = UserAdapterConfig(**{**common, "users": users}, **MODES[mode], output_dir=str(scratch / mode))
         start = time.perf_counter()

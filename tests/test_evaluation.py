@@ -213,6 +213,15 @@ def test_eval_writes_official_files_and_reuses_everything(data, tiny_base, tmp_p
         assert main([*args, "--resamples", "20"]) == 0
         assert json.loads((work / "results" / "leaderboard.json").read_text())["meta"]["task_seconds"] == {
             "LaMP-2N": seconds}
+        # So are decoding weights that none of the methods reads (no prior or contrastive column here).
+        assert main([*args, "--prior_weight", "2", "--contrast_alpha", "1", "--prior_smoothing", "9"]) == 0
+        # A setting the rows depend on leaves them standing no longer; --reuse_only says which setting changed.
+        capsys.readouterr()
+        assert main([*args, "--answers", "labels", "--reuse_only"]) == 0
+        assert "do not stand: config.answers: 'generate' -> 'labels'" in capsys.readouterr().out
+        assert json.loads((work / "results" / "leaderboard.json").read_text())["not_run"] == ["LaMP-2N"]
+        recorded = json.loads((work / "results" / "rows" / "LaMP-2N.json").read_text())["spec"]["config"]
+        assert recorded["answers"] == "generate" and "prior_weight" not in recorded
         # The references are a table setting too; one that is not a column is refused.
         assert main([*args, "--references", "pooled-k0", "OPPU-k0"]) == 0
         chosen = json.loads((work / "results" / "leaderboard.json").read_text())

@@ -2,12 +2,13 @@
 adapters (content-addressed under ``--workdir``: nothing is trained where ``bench/protocol_dev.py`` ran):
 
 - ``contrast_alpha`` of contrastive personal decoding (``oppu-cd-k0``) on the generation tasks, against
-  ``oppu-k0`` (the same adapters decoded plainly);
+  ``oppu-k0`` (the same adapters decoded plainly), then its plausibility threshold ``contrast_beta`` at that alpha;
 - ``prior_weight`` of the calibrated user prior (``prior-np-k0``, label-scored answers) on the classification
-  tasks, against ``np-k0`` with label-scored answers.
+  tasks, against ``np-k0`` with label-scored answers, then its ``prior_smoothing`` at that weight.
 
 One value per option for every task: the grid value with the best mean gain over the tasks' references (in each
-task's first metric, signed so that higher is better); ties go to the smaller weight. Writes
+task's first metric, signed so that higher is better); ties go to the current default when it is among them (no
+change without a dev gain), else to the smallest value. Writes
 ``bench/results/decoding_dev.json`` (every row, the choices, machine, seconds); the chosen values become the
 defaults of :class:`oppu_hub.decoding_config.DecodingOptions` by hand, citing that file.
 
@@ -32,8 +33,9 @@ from oppu_hub.tasks import get_task
 
 @dataclass
 class DecodingSelection:
-    """What to choose. Args: contrast_tasks / alphas: generation tasks and ``contrast_alpha`` grid; prior_tasks /
-    weights: classification tasks and ``prior_weight`` grid; out: the JSON written."""
+    """What to choose. Args: contrast_tasks / alphas / betas: generation tasks and the ``contrast_alpha`` and
+    ``contrast_beta`` grids; prior_tasks / weights / smoothings: classification tasks and the ``prior_weight`` and
+    ``prior_smoothing`` grids; out: the JSON written."""
 
     contrast_tasks: list[str] = field(default_factory=lambda: ["LaMP-4", "LaMP-7"],
                                       metadata={"help": "generation tasks for contrast_alpha"})
@@ -43,6 +45,10 @@ class DecodingSelection:
                                    metadata={"help": "classification tasks for prior_weight"})
     weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0],
                                  metadata={"help": "prior_weight grid"})
+    betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3],
+                               metadata={"help": "contrast_beta grid (at the chosen alpha)"})
+    smoothings: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
+                                    metadata={"help": "prior_smoothing grid (at the chosen weight)"})
     out: str = field(default="bench/results/decoding_dev.json", metadata={"help": "the JSON written"})
 
 
@@ -58,7 +64,9 @@ class Option:
 
 
 CONTRAST = Option("contrast_alpha", "oppu-cd-k0", "oppu-k0", "generate")
+CONTRAST_BETA = Option("contrast_beta", "oppu-cd-k0", "oppu-k0", "generate")
 PRIOR = Option("prior_weight", "prior-np-k0", "np-k0", "labels")
+PRIOR_SMOOTHING = Option("prior_smoothing", "prior-np-k0", "np-k0", "labels")
 
 
 def signed(task: str, scores: dict[str, float]) -> float:
@@ -89,7 +97,9 @@ def sweep(config: PipelineConfig, option: Option, tasks: list[str], grid: list[f
                          "gain": round(gain, 4), "seconds": round(time.perf_counter() - start, 1)})
             print(f"{name} {option.method} {option.name}={value:g}: {row['scores']} (gain {gain:+.4f})", flush=True)
     mean_gain = {v: sum(r["gain"] for r in rows if r[option.name] == v) / len(tasks) for v in grid}
-    chosen = max(sorted(grid), key=lambda v: mean_gain[v])  # max keeps the first (smallest) of equal gains
+    best = max(mean_gain.values())
+    incumbent = getattr(config, option.name)
+    chosen = incumbent if mean_gain.get(incumbent) == best else min(v for v in grid if mean_gain[v] == best)
     return {"option": option.name, "method": option.method, "reference": option.reference,
             "answers": option.answers, "tasks": tasks, "grid": grid, "rows": rows,
             "mean_gain": {f"{v:g}": round(g, 4) for v, g in mean_gain.items()}, "chosen": chosen,
@@ -103,10 +113,13 @@ def main() -> None:
     out = Path(config.workdir) / "decoding_dev"
     start = time.perf_counter()
     result: dict[str, Any] = {"split": "dev", "config": dataclasses.asdict(config)}
-    for option, tasks, grid in ((CONTRAST, selection.contrast_tasks, selection.alphas),
-                                (PRIOR, selection.prior_tasks, selection.weights)):
-        if tasks:
-            result[option.name] = sweep(config, option, tasks, grid, out)
+    stages = ((selection.contrast_tasks, (CONTRAST, selection.alphas), (CONTRAST_BETA, selection.betas)),
+              (selection.prior_tasks, (PRIOR, selection.weights), (PRIOR_SMOOTHING, selection.smoothings)))
+    for tasks, *options in stages:
+        on = config
+        for option, grid in options if tasks else ():  # each option at the ones chosen before it
+            result[option.name] = sweep(on, option, tasks, grid, out)
+            on = dataclasses.replace(on, **{option.name: result[option.name]["chosen"]})
             print(f"{option.name}: {result[option.name]['chosen']:g} "
                   f"(mean dev gain {result[option.name]['chosen_mean_gain']:+.4f})", flush=True)
     result.update(machine=machine(), wall_seconds=round(time.perf_counter() - start, 1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import os
 import platform
 import time
@@ -56,7 +57,8 @@ _READ_BY = {"contrast_alpha": "contrastive", "contrast_beta": "contrastive", "pr
 
 def row_spec(config: EvalConfig, pipeline: Pipeline, methods: Sequence[Method]) -> dict[str, Any]:
     """What a task's rows depend on: the eval settings but the table-only ones and the decoding weights no method
-    reads, the training settings that identify the bases and adapters, the methods and the task's data."""
+    reads, the training settings that identify the bases and adapters, the methods and the task's data, as JSON
+    values."""
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _TABLE_ONLY and not (k in _READ_BY and not any(getattr(m, _READ_BY[k]) for m in methods))}
     settings.update(base=hashable(config.base), user=hashable(config.user))
@@ -64,7 +66,7 @@ def row_spec(config: EvalConfig, pipeline: Pipeline, methods: Sequence[Method]) 
             "data": pipeline.source_hashes()}
     if any(m.random_history for m in methods):  # only there, so that other tasks' rows stay valid
         spec["random_history_version"] = RANDOM_HISTORY_VERSION
-    return spec
+    return json.loads(json.dumps(spec, default=str))  # as the rows file records it (tuples as lists)
 
 
 def spec_changes(recorded: dict[str, Any], spec: dict[str, Any], prefix: str = "") -> list[str]:

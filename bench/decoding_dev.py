@@ -76,18 +76,22 @@ def signed(task: str, scores: dict[str, float]) -> float:
     return value if t.higher_is_better else -value
 
 
-def sweep(config: PipelineConfig, option: Option, tasks: list[str], grid: list[float], out: Path
-          ) -> dict[str, Any]:
-    """The reference and every grid value of ``option`` on each task's dev users, and the value chosen."""
+def sweep(config: PipelineConfig, option: Option, tasks: list[str], grid: list[float], out: Path,
+          references: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The reference and every grid value of ``option`` on each task's dev users, and the value chosen. The
+    reference reads none of the options, so its row is run once per task and kept in ``references``."""
     rows: list[dict[str, Any]] = []
     for task in tasks:
         cfg = dataclasses.replace(config, answers=option.answers)
         name = get_task(task).name
-        start = time.perf_counter()
-        [ref] = Pipeline(cfg, name).run([option.reference], out / name / "reference")
-        rows.append({"task": name, option.name: None, "method": option.reference, "scores": ref["scores"],
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{name} {option.reference}: {ref['scores']}", flush=True)
+        if name not in references:
+            start = time.perf_counter()
+            [row] = Pipeline(cfg, name).run([option.reference], out / name / "reference")
+            references[name] = {"method": option.reference, "scores": row["scores"],
+                                "seconds": round(time.perf_counter() - start, 1)}
+            print(f"{name} {option.reference}: {row['scores']}", flush=True)
+        ref = references[name]
+        rows.append({"task": name, option.name: None, **ref})
         for value in grid:
             start = time.perf_counter()
             [row] = Pipeline(dataclasses.replace(cfg, **{option.name: value}), name).run(
@@ -116,9 +120,11 @@ def main() -> None:
     stages = ((selection.contrast_tasks, (CONTRAST, selection.alphas), (CONTRAST_BETA, selection.betas)),
               (selection.prior_tasks, (PRIOR, selection.weights), (PRIOR_SMOOTHING, selection.smoothings)))
     for tasks, *options in stages:
-        on = config
-        for option, grid in options if tasks else ():  # each option at the ones chosen before it
-            result[option.name] = sweep(on, option, tasks, grid, out)
+        if not tasks:
+            continue
+        on, references = config, {}
+        for option, grid in options:  # each option at the ones chosen before it, against the same reference rows
+            result[option.name] = sweep(on, option, tasks, grid, out, references)
             on = dataclasses.replace(on, **{option.name: result[option.name]["chosen"]})
             print(f"{option.name}: {result[option.name]['chosen']:g} "
                   f"(mean dev gain {result[option.name]['chosen_mean_gain']:+.4f})", flush=True)

@@ -11,8 +11,10 @@
 # bench/results/leaderboard). It resumes where it stopped: bases and adapters are content-addressed under $WORK, and
 # a task whose rows in $OUT/rows/ match the settings, the data and the bases/adapters those settings name is not
 # run again (a fresh clone, without $WORK, reuses the committed rows of every task whose data it rebuilds byte for
-# byte; a changed setting or dev choice re-runs the tasks it touches). bench/protocol_run.sh makes the dev choices
-# first. Extra flags are passed on, e.g.
+# byte; a changed setting or dev choice re-runs the tasks it touches). A task cut short resumes method by method
+# from $OUT/rows/{task}.partial.json (commit it with the predictions: a fresh machine then runs only the missing
+# methods), and the later tables copy the methods they share with the earlier ones (--rows_from).
+# bench/protocol_run.sh makes the dev choices first. Extra flags are passed on, e.g.
 #   TASKS="LaMP-2N LaMP-3" bench/eval_full.sh --users 20
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -30,7 +32,8 @@ LABELED=$(for t in $TASKS; do case $t in LaMP-1|LaMP-2N|LaMP-2M|LaMP-3) printf '
 if [ -n "$LABELED" ]; then
   # shellcheck disable=SC2086
   "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-labels" --tasks $LABELED \
-    --methods np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 prior-np-k0 oppu-prior-k0 --users 40 --answers labels "$@"
+    --methods np-k0 rag-k1 oppu-k0 oppu-k1 pooled-k0 prior-np-k0 oppu-prior-k0 --users 40 --answers labels \
+    --rows_from "$OUT" "$@"
 fi
 # The third: the generation tasks' users' adapters decoded contrastively against their base (same bases and
 # adapters: predictions only).
@@ -38,7 +41,7 @@ GENERATED=$(for t in $TASKS; do case $t in LaMP-4|LaMP-5|LaMP-7) printf '%s ' "$
 if [ -n "$GENERATED" ]; then
   # shellcheck disable=SC2086
   "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-decoding" --tasks $GENERATED \
-    --methods np-k0 rag-k1 oppu-k0 oppu-k1 oppu-cd-k0 oppu-cd-k1 --users 40 "$@"
+    --methods np-k0 rag-k1 oppu-k0 oppu-k1 oppu-cd-k0 oppu-cd-k1 --users 40 --rows_from "$OUT" "$@"
 fi
 # The fourth: collective then personal (a collective LoRA merged into the k=0 base, then the users' adapters on
 # it), against the per-user adapters, the pooled control and the user-prior baseline (label-scored: classification
@@ -46,4 +49,4 @@ fi
 # shellcheck disable=SC2086
 exec "$BIN/oppu-hub" eval --data_dir "$WORK/data" --workdir "$WORK" --out_dir "$OUT-two-stage" --tasks $TASKS \
   --methods np-k0 prior-np-k0 oppu-k0 oppu-k1 pooled-k0 two-stage-k0 two-stage-pooled-k0 --users 40 \
-  --references oppu-k0 oppu-k1 pooled-k0 prior-np-k0 "$@"
+  --references oppu-k0 oppu-k1 pooled-k0 prior-np-k0 --rows_from "$OUT" "$OUT-labels" "$OUT-decoding" "$@"

@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from .models import bf16_available
 from .pipeline import Pipeline, config_hash, hashable
 from .pipeline_config import EvalConfig
 from .retrieval import RANDOM_HISTORY_VERSION
+from .task_progress import Finished, TaskProgress, adopt, finished_elsewhere
 from .tasks import Task, get_task
 
 
@@ -48,7 +48,7 @@ def machine() -> str:
     return f"{device}, {platform.system()} {platform.release()}, bf16 {'yes' if bf16_available() else 'no'}"
 
 
-_TABLE_ONLY = {"tasks", "out_dir", "references", "resamples", "bootstrap_seed", "reuse_only"}
+_TABLE_ONLY = {"tasks", "out_dir", "references", "resamples", "bootstrap_seed", "reuse_only", "rows_from"}
 # Decoding weights and the Method property of the methods that read them: rows of methods that do not read a weight
 # do not depend on it (choosing the prior's weight on dev leaves a table without a prior column valid).
 _READ_BY = {"contrast_alpha": "contrastive", "contrast_beta": "contrastive", "prior_weight": "prior",
@@ -88,7 +88,9 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
     that was written by a finished run with the same :func:`row_spec` and its bases and adapters are
     still the ones these settings name (so a long leaderboard resumes task by task, a final all-task call only
     rebuilds the table, and a changed tuned default re-runs the tasks it touches), else run and recorded (``None``
-    with ``config.reuse_only``, saying what changed)."""
+    with ``config.reuse_only``, saying what changed). A task that runs resumes method by method: the methods that
+    an earlier run of it finished, or another table of ``config.rows_from`` computed, under the same per-method
+    settings are not run again (:mod:`oppu_hub.task_progress`); its seconds are the sum of its methods'."""
     pipeline = Pipeline(config, task)
     spec = row_spec(config, pipeline, methods)
     key = config_hash(spec)
@@ -104,11 +106,25 @@ def task_rows(config: EvalConfig, task: Task, methods: Sequence[Method], out: Pa
         print(f"{task.name}: the rows in {path} do not stand: {why}", flush=True)
     if config.reuse_only:
         return None
-    start = time.perf_counter()
-    rows = pipeline.run(methods, out / "predictions")
-    seconds = round(time.perf_counter() - start, 1)
-    write_json(path, {"key": key, "spec": spec, "rows": rows, "seconds": seconds, "machine": machine()})
-    return rows, seconds, machine()
+    keys = {m.name: config_hash(row_spec(dataclasses.replace(config, methods=[m.name]), pipeline, [m]))
+            for m in methods}  # each method's own: the same in every table that runs it
+    progress = TaskProgress.load(out, task.name)
+    done = {name: f.row for name, f in progress.matching(keys).items() if _still_valid(pipeline, f.row)}
+    for name, f in finished_elsewhere(config.rows_from or (), task.name, keys).items():
+        if name not in done and _still_valid(pipeline, f.row):
+            progress.add(adopted := adopt(f, out / "predictions" / task.name))
+            done[name] = adopted.row
+    if done:
+        print(f"{task.name}: reusing the finished methods {' '.join(done)}", flush=True)
+    rows = pipeline.run(methods, out / "predictions", done=done, on_row=lambda row: progress.add(
+        Finished(keys[row["method"]], row, row["seconds"], machine())))
+    finished = [progress.methods[r["method"]] for r in rows]
+    seconds = round(sum(f.seconds for f in finished), 1)
+    machines = "; ".join(dict.fromkeys(f.machine for f in finished if f.seconds)) or machine()
+    write_json(path, {"key": key, "spec": spec, "rows": rows, "seconds": seconds, "machine": machines,
+                      "method_keys": keys})
+    progress.done()
+    return rows, seconds, machines
 
 
 def _still_valid(pipeline: Pipeline, row: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -311,22 +311,27 @@ class Pipeline:
         return self._train_adapters(*self.two_stage_config(k, source, peft_type, history_format),
                                     base=lambda: self.collective_dir(k, source, history_format))
 
-    def artifacts(self, method: str | Method, peft_type: str | None = None, history_format: str = "full"
-                  ) -> tuple[Path | None, Path | None]:
+    def artifacts(self, method: str | Method, peft_type: str | None = None, history_format: str = "full",
+                  train: bool = False) -> tuple[Path | None, Path | None]:
         """The folders of the base and the adapters (per-user folder, or the pooled adapter) that ``method``
-        predicts with (``None`` where it uses none); nothing is trained. They are named by the hashes of their
-        resolved training configs, tuned defaults included."""
+        predicts with (``None`` where it uses none), trained first where missing with ``train`` (else nothing is
+        trained). They are named by the hashes of their resolved training configs, tuned defaults included."""
         m = parse_method(method)
         if m.baseline:
             return None, None
-        base = self.base_config(m.k, m.profile)[0].target_dir()
         if m.pooled:
-            return base, self.pooled_config(m.k, peft_type, history_format)[0].adapters_dir() / safe_name(POOLED_USER)
+            pooled = self.pooled_config(m.k, peft_type, history_format)[0].adapters_dir() / safe_name(POOLED_USER)
+            base = self.base_config(m.k, m.profile)[0].target_dir()
+            return base, self.pooled_adapter(m.k, peft_type, history_format) if train else pooled
         if m.collective:
             cfg = self.two_stage_config(m.k, m.collective, peft_type, history_format)[0]
+            if train:
+                self.two_stage_adapters(m.k, m.collective, peft_type, history_format)
             return Path(cfg.base_dir), cfg.adapters_dir()
+        base = self.base_dir(m.k, m.profile) if train else self.base_config(m.k, m.profile)[0].target_dir()
         if m.oppu:
-            return base, self.adapters_config(m.k, m.profile, peft_type, history_format)[0].adapters_dir()
+            cfg = self.adapters_config(m.k, m.profile, peft_type, history_format)[0]
+            return base, self.adapters_dir(m.k, m.profile, peft_type, history_format) if train else cfg.adapters_dir()
         return base, None
 
     def _user_config(self, k: int, profile: bool, peft_type: str | None, history_format: str, data_dir: Path,
@@ -371,26 +376,21 @@ class Pipeline:
 
     # --- prediction ------------------------------------------------------------------------------------
     def run(self, methods: Sequence[str | Method], out_dir: str | Path, *, peft_type: str | None = None,
-            history_format: str = "full", name_suffix: str = "") -> list[dict[str, Any]]:
-        """Train what is missing, predict every method on the evaluated users, write LaMP-format predictions
-        (``{out_dir}/{task}/{method}.json``), ``golds.json`` and ``users.json`` (``{question id: user id}``, for
-        the bootstrap); returns one row per method with its scores (those of the written file). A baseline the
-        task does not define (:func:`oppu_hub.baselines.applies`) gets no row."""
+            history_format: str = "full", name_suffix: str = "", done: Mapping[str, dict[str, Any]] | None = None,
+            on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Predict every method on the evaluated users, one method after another, training first what it needs and
+        is missing (the baselines first, then by k, the methods on a base alone before those with adapters, the
+        two-stage methods last); write LaMP-format predictions (``{out_dir}/{task}/{method}.json``),
+        ``golds.json`` and ``users.json`` (``{question id: user id}``, for the bootstrap); returns one row per
+        method with its scores (those of the written file) and ``seconds`` (the training it was first to need, the
+        loading and the predicting). A baseline the task does not define (:func:`oppu_hub.baselines.applies`)
+        gets no row. Methods in ``done`` (rows by method name, e.g. of a run that stopped) are neither trained
+        nor predicted: their rows are returned as given. ``on_row`` gets each new row as soon as it is written."""
+        done = dict(done or {})
         methods = [parse_method(m) for m in methods]
-        if any(m.profile for m in methods):
+        todo = [m for m in methods if m.name + name_suffix not in done]
+        if any(m.profile for m in todo):
             self.ensure_profiles()
-        plan = []
-        for m in methods:
-            if m.baseline or (m.prior and not self.task.labels):  # prior methods score labels: none to score
-                continue
-            if m.collective:
-                adapters = self.two_stage_adapters(m.k, m.collective, peft_type, history_format)
-                base = self.collective_dir(m.k, m.collective, history_format)
-            else:
-                base = self.base_dir(m.k, m.profile)
-                adapters = (self.pooled_adapter(m.k, peft_type, history_format) if m.pooled else
-                            self.adapters_dir(m.k, m.profile, peft_type, history_format) if m.oppu else None)
-            plan.append((m, base, adapters))
         users = self.users()
         split = self.eval_split()
         folder = Path(out_dir) / self.task.name
@@ -398,24 +398,33 @@ class Pipeline:
         write_predictions(self.task, golds, folder / "golds.json")
         write_json(folder / "users.json", {q.id: u for u in users for q in split.user_questions(u)})
 
-        def row(m: Method, predictions: dict[str, str], start: float, base: Path | None = None,
-                adapters: Path | None = None) -> dict[str, Any]:
+        def finish(m: Method, predictions: dict[str, str], start: float, predict_start: float,
+                   base: Path | None = None, adapters: Path | None = None) -> None:
             path = write_predictions(self.task, predictions, folder / f"{m.name}{name_suffix}.json")
-            return {"task": self.task.name, "method": m.name + name_suffix,
-                    "scores": score(self.task, predictions, golds), "predictions": str(path),
-                    "golds": str(folder / "golds.json"), "query_users": str(folder / "users.json"),
-                    "base": str(base) if base else None, "adapters": str(adapters) if adapters else None,
-                    "predict_seconds": round(time.perf_counter() - start, 2)}
+            now = time.perf_counter()
+            row = {"task": self.task.name, "method": m.name + name_suffix,
+                   "scores": score(self.task, predictions, golds), "predictions": str(path),
+                   "golds": str(folder / "golds.json"), "query_users": str(folder / "users.json"),
+                   "base": str(base) if base else None, "adapters": str(adapters) if adapters else None,
+                   "predict_seconds": round(now - predict_start, 2), "seconds": round(now - start, 2)}
+            done[row["method"]] = row
+            if on_row:
+                on_row(row)
 
-        rows = []
-        baselines = [m for m in methods if m.baseline and applies(m.family, self.task)]
+        baselines = [m for m in todo if m.baseline and applies(m.family, self.task)]
         if baselines:
             train = load_task_split(self.data_view(), self.task, "train")
             for m in baselines:
                 start = time.perf_counter()
-                rows.append(row(m, predict_baseline(m.family, split, users, train), start))
+                finish(m, predict_baseline(m.family, split, users, train), start, start)
+        models = [m for m in todo if not m.baseline and not (m.prior and not self.task.labels)]  # prior: labels
+        planned = {m.name: self.artifacts(m, peft_type, history_format) for m in models}
+        models.sort(key=lambda m: (m.k, bool(m.collective), planned[m.name][1] is not None,
+                                   *map(str, planned[m.name])))  # methods sharing a model side by side
         generators: dict[tuple[Path, Path | None], Any] = {}
-        for m, base, adapters in sorted(plan, key=lambda p: (str(p[1]), str(p[2]))):
+        for m in models:
+            start = time.perf_counter()
+            base, adapters = self.artifacts(m, peft_type, history_format, train=True)
             key = (base, adapters)
             if key not in generators:
                 generators.clear()  # one model in memory at a time
@@ -423,16 +432,15 @@ class Pipeline:
                 # The pooled adapter is part of the model that every user's queries share.
                 generators[key] = Generator(load_user_adapter(model, None, adapters) if m.pooled else model, tokenizer)
             stage = self.config.user if adapters else self.config.base  # whose prompts the model was trained on
-            start = time.perf_counter()
+            predict_start = time.perf_counter()
             predictions = predict(PredictConfig(
                 task=self.task.name, data_dir=str(self.data_view()), split=self.config.split, base_dir=str(base),
                 adapters_dir=str(adapters) if m.oppu else None, profiles_dir=str(self.profiles_dir()),
                 history_format=history_format, users=users, batch_size=self.config.predict_batch_size,
                 max_prompt_length=stage.max_prompt_length, **self.prediction_settings(m)), generators[key])
-            rows.append(row(m, predictions, start, base, adapters))
+            finish(m, predictions, start, predict_start, base, adapters)
         generators.clear()
-        order = {m.name + name_suffix: i for i, m in enumerate(methods)}
-        return sorted(rows, key=lambda r: order[r["method"]])
+        return [done[m.name + name_suffix] for m in methods if m.name + name_suffix in done]
 
     def prediction_settings(self, method: Method) -> dict[str, Any]:
         """What ``method`` predicts with besides its model: the config's decoding options and the method's

@@ -100,6 +100,8 @@ class EvalConfig(PipelineConfig):
             and the RAG method with the smallest k); table-only, as the bootstrap settings.
         resamples / bootstrap_seed: the paired bootstrap over users behind the table's confidence intervals.
         reuse_only: run nothing; tasks without finished rows for these settings are listed as not run.
+        rows_from: other tables' folders whose rows of the same method, settings and data are copied in instead
+            of computed again (:mod:`oppu_hub.task_progress`).
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "tasks to evaluate"})
@@ -115,6 +117,8 @@ class EvalConfig(PipelineConfig):
     reuse_only: bool = field(default=False, metadata={
         "help": "train and predict nothing: the table of the tasks whose rows are finished, the others listed as "
                 "not run"})
+    rows_from: list[str] | None = field(default=None, metadata={
+        "help": "other tables' folders whose rows of the same method, settings and data are copied in"})
 
 
 __all__ = ["BASE_FILLED", "USER_FILLED", "EvalConfig", "PipelineConfig", "base_field", "user_field"]

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import make_lamp2n, make_random_adapter
 from oppu_hub.adapters import AdapterRecord
 from oppu_hub.cli import main
 from oppu_hub.data import read_predictions, write_predictions
-from oppu_hub.evaluation import rescore
+from oppu_hub.evaluation import machine, rescore
 from oppu_hub.io import write_json
 from oppu_hub.leaderboard import build_table, format_csv, format_markdown, write_table
 from oppu_hub.methods import Method, parse_method
@@ -383,3 +384,53 @@ def test_bad_nested_flags_exit_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_stopped_task_resumes_method_by_method_and_tables_share_rows(data, tiny_base, tmp_path, monkeypatch):
+    import oppu_hub.pipeline
+
+    work, table = tmp_path / "work", tmp_path / "table"
+    args = ["eval", "--data_dir", str(data), "--workdir", str(work), "--base.base_model", str(tiny_base),
+            "--tasks", "LaMP-2N", "--methods", "np-k0", "oppu-k0", "rag-k1", "--out_dir", str(table), *TINY]
+    predicted, real_predict = [], oppu_hub.pipeline.predict
+
+    def stop_at_adapters(cfg, generator):
+        if cfg.adapters_dir:
+            raise RuntimeError("the session's time is up")
+        predicted.append(cfg.k)
+        return real_predict(cfg, generator)
+
+    # The run stops at oppu-k0 (the baselines-then-k0-then-k1 order puts np-k0 first): np-k0's row is kept at once.
+    with monkeypatch.context() as m:
+        m.setattr(oppu_hub.pipeline, "predict", stop_at_adapters)
+        assert main(args) == 2
+    partial = json.loads((table / "rows" / "LaMP-2N.partial.json").read_text())["methods"]
+    assert list(partial) == ["np-k0"] and predicted == [0] and not (table / "rows" / "LaMP-2N.json").exists()
+    first = partial["np-k0"]
+    assert first["seconds"] == first["row"]["seconds"] > 0 and first["machine"] == machine()
+    # A fresh machine (no bases, adapters or views) with the written files predicts only the missing methods.
+    shutil.rmtree(work)
+    predicted.clear()
+    with monkeypatch.context() as m:
+        m.setattr(oppu_hub.pipeline, "predict", lambda cfg, g: predicted.append((cfg.k, bool(cfg.adapters_dir)))
+                  or real_predict(cfg, g))
+        assert main(args) == 0
+    record = json.loads((table / "rows" / "LaMP-2N.json").read_text())
+    assert [r["method"] for r in record["rows"]] == ["np-k0", "oppu-k0", "rag-k1"]
+    assert predicted == [(0, True), (1, False)]
+    assert record["rows"][0] == first["row"] and not (table / "rows" / "LaMP-2N.partial.json").exists()
+    assert record["seconds"] == round(sum(r["seconds"] for r in record["rows"]), 1)
+    # Another table with a method in common copies that row (and its file) in; only its own method is computed.
+    other = tmp_path / "other"
+    predicted.clear()
+    with monkeypatch.context() as m:
+        m.setattr(oppu_hub.pipeline, "predict", lambda cfg, g: predicted.append(cfg.adapters_dir)
+                  or real_predict(cfg, g))
+        assert main([*args[:args.index("--methods") + 1], "np-k0", "pooled-k0", "--out_dir", str(other), *TINY,
+                     "--rows_from", str(table)]) == 0
+    assert len(predicted) == 1  # pooled-k0 only (its adapter is part of the model: no adapters_dir)
+    rows = {r["method"]: r for r in json.loads((other / "rows" / "LaMP-2N.json").read_text())["rows"]}
+    copied = Path(rows["np-k0"]["predictions"])
+    assert copied.parent == other / "predictions" / "LaMP-2N"
+    assert copied.read_text() == Path(record["rows"][0]["predictions"]).read_text()
+    assert rows["np-k0"]["scores"] == record["rows"][0]["scores"]

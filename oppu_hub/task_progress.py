@@ -64,15 +64,14 @@ def finished_elsewhere(tables: Sequence[str | Path], task: str, keys: Mapping[st
     found: dict[str, Finished] = {}
     for table in map(Path, tables):
         whole = table / "rows" / f"{task}.json"
-        candidates = dict(TaskProgress.load(table, task).methods)
+        candidates = TaskProgress.load(table, task)
         if whole.exists():
             record = read_json(whole)
             for row in record["rows"]:
                 if key := record.get("method_keys", {}).get(row["method"]):
-                    candidates[row["method"]] = Finished(key, row, 0.0, record.get("machine", "not recorded"))
-        for name, f in candidates.items():
-            if name not in found and keys.get(name) == f.key:
-                found[name] = f
+                    candidates.methods[row["method"]] = Finished(key, row, 0.0, record.get("machine", "not recorded"))
+        for name, f in candidates.matching(keys).items():
+            found.setdefault(name, f)
     return found
 
 
